@@ -16,6 +16,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validate as V
 from ._cov import SubspaceCov
+from ._linalg import orthonormalize
 from ._problem import Problem
 
 OOD_KINDS = ("isotropic", "perp", "mixture", "inside", "random_spd")
@@ -23,11 +24,12 @@ HEAD_KINDS = ("zero", "gaussian", "given", "lp", "aligned")
 
 
 def _orthonormal_columns(key, d: int, c: int, dtype) -> Float[Array, "d c"]:
-    """A Haar-random d x c matrix with orthonormal columns (QR of a Gaussian, signs fixed)."""
-    Z = jax.random.normal(key, (d, c), dtype)
-    Q, R = jnp.linalg.qr(Z)
-    # Multiplying by sign(diag R) makes the distribution exactly Haar (Mezzadri 2007).
-    return Q * jnp.where(jnp.diag(R) < 0, -1.0, 1.0).astype(dtype)
+    """A Haar-random d x c matrix with orthonormal columns: the polar factor of a Gaussian.
+
+    $Z(Z^TZ)^{-1/2}$ is exactly Haar on the Stiefel manifold (it is equivariant under
+    left-orthogonal maps), and avoids a slow tall QR (see `linfeat._linalg`).
+    """
+    return orthonormalize(jax.random.normal(key, (d, c), dtype))
 
 
 def features_at_distance(

@@ -14,14 +14,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._cov import quad_form
-from ._problem import Problem, numerical_rank
+from ._linalg import row_space_basis
+from ._problem import Problem
 from ._reduce import Reduced
 
 
 def _S_basis(X: Float[Array, "n d"]) -> Float[Array, "d r"]:
     """Orthonormal basis of rowspace(X), with zero columns for null singular values."""
-    _, s, Vt = jnp.linalg.svd(X, full_matrices=False)
-    return Vt.T * numerical_rank(s, X.shape)
+    return row_space_basis(X)[0]
 
 
 def project_S(problem: Problem | Reduced, M: Float[Array, "... d"]) -> Float[Array, "... d"]:

@@ -57,15 +57,9 @@ class Problem(NamedTuple):
 
 def orthonormalize_rows(B: Float[Array, "k d"]) -> Float[Array, "k d"]:
     """The closest matrix to B with orthonormal rows (polar factor $(BB^T)^{-1/2} B$)."""
-    U, _, Vt = jnp.linalg.svd(jnp.asarray(B), full_matrices=False)
-    return U @ Vt
+    from ._linalg import polar
 
-
-def numerical_rank(s: Float[Array, " r"], shape: tuple[int, int]) -> Float[Array, " r"]:
-    """Mask of singular values above the LAPACK-style cut-off `max(n, d) * eps * s_max`."""
-    eps = jnp.finfo(s.dtype).eps
-    cut = max(shape) * eps * jnp.max(s, initial=0.0)
-    return (s > cut).astype(s.dtype)
+    return polar(jnp.asarray(B).T).T
 
 
 def _float_dtype(*xs):

@@ -2,7 +2,9 @@ r"""Exact compression of a problem to a small orthonormal basis (THEORY.md secti
 
 Every quantity linfeat tracks lives in $\mathrm{span}(W)$, $W = [Q, R]$, where the columns of
 Q are the right singular vectors of X (so S = rowspace(X) is spanned by the first block and
-$X^T X$ is diagonal there) and R completes $B_0^T$, $w^*$ and $B^{*T}$. FT only moves B inside
+$X^T X$ is diagonal there) and R completes $B_0^T$, $w^*$ and $B^{*T}$. Columns of W are
+orthonormal or exactly zero (directions of numerical rank zero), so $W^T W$ is a 0/1 diagonal
+and norms of vectors in the span are preserved. FT only moves B inside
 S (R1), so $B(t) = B_0 + C(t) Q^T$ stays in the span, and the flow in coordinates
 $B_c = B W$ is the same flow as in $R^d$: with $X = X W W^T$,
 $\dot B_c = -2 v r^T X W$ and $\dot v = -2 B_c (X W)^T r$. The dimension is
@@ -17,13 +19,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._cov import compress_cov
-from ._problem import Problem, numerical_rank
+from ._linalg import complete_basis, row_space_basis
+from ._problem import Problem
 
 
 class Reduced(NamedTuple):
     r"""A problem in the coordinates of an orthonormal basis W (d, p).
 
-    The first `r = min(n, d)` coordinates are the right singular vectors of X; `mask_S` marks
+    The first `r = n` coordinates are the right singular vectors of X; `mask_S` marks
     those with non-zero singular value (S itself). Dense second moments are $W^T \Sigma W$.
     `sigma2` and `g` are the diagonal $X_S^T X_S$ and $X_S^T Y$ of the reduced flow.
     """
@@ -52,18 +55,14 @@ def reduce(problem: Problem, extra: Float[Array, "d q"] | None = None) -> Reduce
     Write the maths for one problem; vmap for batches.
     """
     X = problem.X
-    n, d = X.shape
-    _, s, Vt = jnp.linalg.svd(X, full_matrices=False)
-    r = s.shape[0]
-    mask_r = numerical_rank(s, (n, d))
-    cols = [Vt.T, problem.B0.T, problem.w_star[:, None]]
+    Q, _, mask_r = row_space_basis(X)
+    r = Q.shape[1]
+    cols = [problem.B0.T, problem.w_star[:, None]]
     if problem.B_star is not None:
         cols.append(problem.B_star.T)
     if extra is not None:
         cols.append(extra)
-    # Householder QR of [Q, ...]: since Q has orthonormal columns, the first r columns of the
-    # factor are +-Q exactly (R's leading block is orthogonal and triangular, hence +-I).
-    W, _ = jnp.linalg.qr(jnp.concatenate(cols, axis=1), mode="reduced")
+    W = jnp.concatenate([Q, complete_basis(Q, jnp.concatenate(cols, axis=1))], axis=1)
     p = W.shape[1]
     mask_S = jnp.zeros((p,), X.dtype).at[:r].set(mask_r)
     # X has rows in S: its coordinates outside the S block are rounding noise; drop them, and
