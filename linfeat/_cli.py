@@ -20,7 +20,17 @@ def environment() -> dict:
     import jax
 
     versions = {"python": platform.python_version(), "linfeat": __version__}
-    for mod in ("jax", "jaxlib", "diffrax", "equinox", "optax", "numpy", "scipy", "matplotlib", "tqdm"):
+    for mod in (
+        "jax",
+        "jaxlib",
+        "diffrax",
+        "equinox",
+        "optax",
+        "numpy",
+        "scipy",
+        "matplotlib",
+        "tqdm",
+    ):
         try:
             versions[mod] = importlib.import_module(mod).__version__
         except Exception:  # an optional package that is absent is reported, not fatal

@@ -45,7 +45,7 @@ def subspace_cov(d: int, *, scale_S=0.0, scale_perp=0.0, factor=None, dtype=None
     )
 
 
-def quad_form(cov: Cov, e: Float[Array, "d"], proj_S: Float[Array, "d"]) -> Float[Array, ""]:
+def quad_form(cov: Cov, e: Float[Array, " d"], proj_S: Float[Array, " d"]) -> Float[Array, ""]:
     r"""$e^T \Sigma e$, where `proj_S` is $\Pi_S e$ (needed by the structured form only)."""
     if isinstance(cov, SubspaceCov):
         e_S2 = jnp.sum(proj_S**2)
@@ -54,18 +54,16 @@ def quad_form(cov: Cov, e: Float[Array, "d"], proj_S: Float[Array, "d"]) -> Floa
     return e @ cov @ e
 
 
-def compress_cov(cov: Cov, basis: Float[Array, "d p"], mask_S: Float[Array, "p"]) -> Float[Array, "p p"]:
+def compress_cov(
+    cov: Cov, basis: Float[Array, "d p"], mask_S: Float[Array, " p"]
+) -> Float[Array, "p p"]:
     r"""$W^T \Sigma W$ for an orthonormal basis W whose S-part is `diag(mask_S)` in coordinates.
 
     Exact for every quadratic form $e^T \Sigma e$ with $e \in \mathrm{span}(W)$.
     """
     if isinstance(cov, SubspaceCov):
         LW = cov.factor.T @ basis
-        return (
-            cov.scale_S * jnp.diag(mask_S)
-            + cov.scale_perp * jnp.diag(1.0 - mask_S)
-            + LW.T @ LW
-        )
+        return cov.scale_S * jnp.diag(mask_S) + cov.scale_perp * jnp.diag(1.0 - mask_S) + LW.T @ LW
     return basis.T @ cov @ basis
 
 
@@ -74,7 +72,11 @@ def to_dense(cov: Cov, Q_S: Float[Array, "d m"]) -> Float[Array, "d d"]:
     if isinstance(cov, SubspaceCov):
         d = cov.factor.shape[0]
         P = Q_S @ Q_S.T
-        return cov.scale_S * P + cov.scale_perp * (jnp.eye(d, dtype=P.dtype) - P) + cov.factor @ cov.factor.T
+        return (
+            cov.scale_S * P
+            + cov.scale_perp * (jnp.eye(d, dtype=P.dtype) - P)
+            + cov.factor @ cov.factor.T
+        )
     return cov
 
 

@@ -112,7 +112,9 @@ def _status(sol, y_final) -> Int[Array, ""]:
         jnp.where(
             res == diffrax.RESULTS.successful,
             Status.MAX_TIME,
-            jnp.where(res == diffrax.RESULTS.max_steps_reached, Status.STEP_LIMIT, Status.SOLVER_ERROR),
+            jnp.where(
+                res == diffrax.RESULTS.max_steps_reached, Status.STEP_LIMIT, Status.SOLVER_ERROR
+            ),
         ),
     )
     return jnp.where(finite, code, Status.NONFINITE).astype(jnp.int32)
@@ -141,7 +143,21 @@ def _norm(tree):
 @functools.partial(
     jax.jit, static_argnames=("num_save", "mode", "solver", "max_steps", "train_features")
 )
-def _solve(problem, v0, ts, t_max, rtol, atol, grad_tol, *, num_save, mode, solver, max_steps, train_features):
+def _solve(
+    problem,
+    v0,
+    ts,
+    t_max,
+    rtol,
+    atol,
+    grad_tol,
+    *,
+    num_save,
+    mode,
+    solver,
+    max_steps,
+    train_features,
+):
     dtype = problem.X.dtype
     red = reduce(problem)
     if ts is None:
@@ -182,24 +198,27 @@ def _solve(problem, v0, ts, t_max, rtol, atol, grad_tol, *, num_save, mode, solv
     ys, y_last = sol.ys
     y_final = jax.tree.map(lambda x: x[0], y_last)
     t_final = sol.ts[1][0]
-    # Saves after the stop time are filled with inf by diffrax: the state is at its limit there.
-    after = ts > t_final
+    # Saves at or after the stop time are inf-filled by diffrax (even ts = 0 when the start is
+    # already stationary): the state is at its limit there, which is y_final.
+    after = ts >= t_final
     ys = jax.tree.map(
         lambda x, xf: jnp.where(after.reshape((-1,) + (1,) * xf.ndim), xf, x), ys, y_final
     )
     v_t, M_t = ys
     if mode == "reduced":
-        embed = lambda A: jnp.concatenate(  # noqa: E731
-            [A, jnp.broadcast_to(red.B0[:, r:], A.shape[:-1] + (red.B0.shape[1] - r,))], axis=-1
-        )
+
+        def embed(A):  # B in coordinates: the S block moves, the rest stays at B0 (R1)
+            rest = jnp.broadcast_to(red.B0[:, r:], A.shape[:-1] + (red.B0.shape[1] - r,))
+            return jnp.concatenate([A, rest], axis=-1)
+
         B_t, B_final, basis, space = embed(M_t), embed(y_final[1]), red.basis, red
         B_start = red.B0
     else:
         B_t, B_final, basis, space = M_t, y_final[1], None, problem
         B_start = problem.B0
-    mets = jax.vmap(
-        lambda v, B: metrics(space, v, B, v0, B_start, train_features=train_features)
-    )(v_t, B_t)
+    mets = jax.vmap(lambda v, B: metrics(space, v, B, v0, B_start, train_features=train_features))(
+        v_t, B_t
+    )
     return Trajectory(
         ts=ts,
         v=v_t,
@@ -254,7 +273,23 @@ def _raise_on_failure(traj: Trajectory, what: str) -> None:
         )
 
 
-def _flow(problem, v0, *, ts, t_max, num_save, rtol, atol, grad_tol, max_steps, solver, mode, train_features, check, what):
+def _flow(
+    problem,
+    v0,
+    *,
+    ts,
+    t_max,
+    num_save,
+    rtol,
+    atol,
+    grad_tol,
+    max_steps,
+    solver,
+    mode,
+    train_features,
+    check,
+    what,
+):
     _check_call(problem, v0, ts)
     dtype = problem.X.dtype
     d_rtol, d_atol, d_gtol = default_tolerances(dtype)
@@ -328,7 +363,22 @@ def fine_tune(
     References:
         Kumar et al. (2022), section 4; THEORY.md section 2 and R1, R2.
     """
-    return _flow(problem, v0, ts=ts, t_max=t_max, num_save=num_save, rtol=rtol, atol=atol, grad_tol=grad_tol, max_steps=max_steps, solver=solver, mode=mode, train_features=True, check=check, what="fine_tune")
+    return _flow(
+        problem,
+        v0,
+        ts=ts,
+        t_max=t_max,
+        num_save=num_save,
+        rtol=rtol,
+        atol=atol,
+        grad_tol=grad_tol,
+        max_steps=max_steps,
+        solver=solver,
+        mode=mode,
+        train_features=True,
+        check=check,
+        what="fine_tune",
+    )
 
 
 def linear_probe_flow(problem: Problem, v0, **kwargs) -> Trajectory:
@@ -349,11 +399,24 @@ def lp_ft(problem: Problem, *, v0=None, **kwargs) -> Trajectory:
     """
     from ._closed_form import linear_probe
 
-    return _flow(problem, linear_probe(problem, v0), **_defaults(kwargs), train_features=True, what="lp_ft")
+    return _flow(
+        problem, linear_probe(problem, v0), **_defaults(kwargs), train_features=True, what="lp_ft"
+    )
 
 
 def _defaults(kwargs):
-    out = dict(ts=None, t_max=None, num_save=64, rtol=None, atol=None, grad_tol=None, max_steps=100_000, solver=None, mode="reduced", check=True)
+    out = dict(
+        ts=None,
+        t_max=None,
+        num_save=64,
+        rtol=None,
+        atol=None,
+        grad_tol=None,
+        max_steps=100_000,
+        solver=None,
+        mode="reduced",
+        check=True,
+    )
     unknown = set(kwargs) - set(out)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {sorted(unknown)}")

@@ -83,7 +83,8 @@ def make_problem(
         key: PRNG key (split once here, never reused).
         d, k, m, n: dimensions (static); need $k \le m < d$, $2k \le d$, $n \ge m$ (default
             n = 2m: a square Gaussian X has $\kappa(X^TX) \sim m^2$, which makes the flow
-            stiff; n = 2m gives $\kappa \approx 34$). The theorems also need $m + k < d$ (warned otherwise).
+            stiff; n = 2m gives $\kappa \approx 34$). The theorems also need $m + k < d$
+            (warned otherwise).
         feature_error: $\varepsilon = d(B_0, B^*) \in [0, \sqrt 2]$.
         v_star_norm: $\|v^*\| = \|w^*\|$.
         id_spectrum: (m,) positive variances of the ID inputs along Q.
@@ -132,7 +133,11 @@ def _ood_cov(key, d, ood, shift, rank, rank_scale, dtype):
         Vm = _orthonormal_columns(kV, d, d, dtype)
         mu = jax.random.uniform(kV, (d,), dtype, 0.5, 2.0)
         return (Vm * mu) @ Vm.T
-    L = jnp.asarray(rank_scale, dtype) * _orthonormal_columns(kL, d, rank, dtype) if rank else jnp.zeros((d, 0), dtype)
+    L = (
+        jnp.asarray(rank_scale, dtype) * _orthonormal_columns(kL, d, rank, dtype)
+        if rank
+        else jnp.zeros((d, 0), dtype)
+    )
     rho = jnp.asarray(shift, dtype)
     a, b = {
         "isotropic": (one, one),
@@ -148,11 +153,17 @@ def _check_dims(*, d, k, m, n, ood, ood_rank):
         if not isinstance(val, (int, np.integer)) or val < (0 if name == "ood_rank" else 1):
             raise ValueError(f"`{name}` must be a positive integer (static), got {val!r}.")
     if k > m:
-        raise ValueError(f"need k <= m (features no more than ID dimensions), got k = {k} > m = {m}.")
+        raise ValueError(
+            f"need k <= m (features no more than ID dimensions), got k = {k} > m = {m}."
+        )
     if m >= d:
-        raise ValueError(f"need m < d (overparameterised: S a proper subspace), got m = {m}, d = {d}.")
+        raise ValueError(
+            f"need m < d (overparameterised: S a proper subspace), got m = {m}, d = {d}."
+        )
     if 2 * k > d:
-        raise ValueError(f"need 2k <= d to place B0 at a chosen distance from B_star, got k = {k}, d = {d}.")
+        raise ValueError(
+            f"need 2k <= d to place B0 at a chosen distance from B_star, got k = {k}, d = {d}."
+        )
     if n < m:
         raise ValueError(f"need n >= m training inputs to span S, got n = {n} < m = {m}.")
     if ood not in OOD_KINDS:

@@ -92,7 +92,10 @@ def balancedness_drift(v, B, v0, B0) -> Float[Array, ""]:
 
 
 def gradient_norm(problem, v, B, *, train_features: bool = True) -> Float[Array, ""]:
-    r"""$\|\nabla \hat L\|$ over the trained parameters: $\nabla_v = 2BX^Tr$, $\nabla_B = 2v(X^Tr)^T$."""
+    r"""$\|\nabla \hat L\|$ over the trained parameters.
+
+    $\nabla_v = 2BX^Tr$, $\nabla_B = 2v(X^Tr)^T$ (the second only when features train).
+    """
     r = problem.X @ (B.T @ v) - problem.Y
     Xr = problem.X.T @ r
     gv2 = jnp.sum((2 * B @ Xr) ** 2)

@@ -76,7 +76,11 @@ def _check_cov(name: str, cov, d: int, dtype):
         b = V.check_nonneg(f"{name}.scale_perp", cov.scale_perp)
         L = V.as_array(f"{name}.factor", cov.factor, ndim=2, shape=(d, None))
         del a, b
-        return SubspaceCov(jnp.asarray(cov.scale_S, dtype), jnp.asarray(cov.scale_perp, dtype), jnp.asarray(L, dtype))
+        return SubspaceCov(
+            jnp.asarray(cov.scale_S, dtype),
+            jnp.asarray(cov.scale_perp, dtype),
+            jnp.asarray(L, dtype),
+        )
     S = V.as_array(name, cov, ndim=2, shape=(d, d))
     V.check_psd(name, S)
     return jnp.asarray(S, dtype)
@@ -150,7 +154,14 @@ def problem_from_arrays(
         raise ValueError("give `w_star`, or `B_star` and `v_star`, to define the ground truth.")
     ws = V.as_array("w_star", w_star, ndim=1, shape=(d,))
     s = np.linalg.svd(Xn, compute_uv=False)
-    m = int(np.sum(s > max(n, d) * np.finfo(Xn.dtype if Xn.dtype.kind == "f" else float).eps * (s[0] if s.size else 0)))
+    m = int(
+        np.sum(
+            s
+            > max(n, d)
+            * np.finfo(Xn.dtype if Xn.dtype.kind == "f" else float).eps
+            * (s[0] if s.size else 0)
+        )
+    )
     if k > m:
         raise ValueError(
             f"k = {k} features but the training inputs span only m = {m} dimensions (rank of X); "
@@ -166,7 +177,14 @@ def problem_from_arrays(
         B_star=None if B_star is None else jnp.asarray(B_star, dtype),
         v_star=None if v_star is None else jnp.asarray(v_star, dtype),
         id_cov=_check_cov("id_cov", id_cov, d, dtype),
-        ood_cov=_check_cov("ood_cov", ood_cov if ood_cov is not None else subspace_cov(d, scale_S=1.0, scale_perp=1.0, dtype=dtype), d, dtype),
+        ood_cov=_check_cov(
+            "ood_cov",
+            ood_cov
+            if ood_cov is not None
+            else subspace_cov(d, scale_S=1.0, scale_perp=1.0, dtype=dtype),
+            d,
+            dtype,
+        ),
     )
     if check_theory:
         warn_theory_conditions(problem, m=m)

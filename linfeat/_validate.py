@@ -35,8 +35,9 @@ def as_array(name: str, x, *, ndim: int | None = None, shape: tuple | None = Non
     if shape is not None:
         for i, (got, want) in enumerate(zip(a.shape, shape, strict=True)):
             if want is not None and got != want:
+                want_shape = tuple("?" if s is None else s for s in shape)
                 raise ValueError(
-                    f"`{name}` has shape {a.shape}, expected {tuple('?' if s is None else s for s in shape)} "
+                    f"`{name}` has shape {a.shape}, expected {want_shape} "
                     f"(axis {i} must be {want}); check that all arrays describe the same problem."
                 )
     if not np.issubdtype(a.dtype, np.number):

@@ -1,0 +1,201 @@
+"""Problems, generators, the exact reduction and the metrics (THEORY.md sections 1-2)."""
+
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import max_rel_err, rounding
+
+import linfeat as lf
+from linfeat._cov import to_dense
+from linfeat._linalg import row_space_basis
+
+
+def _arrays(seed=0, d=12, k=2, m=4, n=6):
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.normal(size=(d, m)))[0]
+    X = rng.normal(size=(n, m)) @ Q.T
+    O = np.linalg.qr(rng.normal(size=(d, 2 * k)))[0]
+    B_star, B0 = O[:, :k].T, (0.9 * O[:, :k] + math.sqrt(1 - 0.81) * O[:, k:]).T
+    v_star = rng.normal(size=k)
+    return dict(X=X, Y=X @ B_star.T @ v_star, B0=B0, B_star=B_star, v_star=v_star)
+
+
+# ---------------------------------------------------------------- generators
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3, 0.1, 1.0, math.sqrt(2)])
+def test_make_problem_feature_error_is_exact(eps):
+    p = lf.make_problem(jax.random.key(1), d=30, k=3, m=6, feature_error=eps)
+    k = p.B0.shape[0]
+    for B in (p.B0, p.B_star):
+        assert np.abs(B @ B.T - np.eye(k)).max() < rounding(B.dtype)
+    # Independent reference: 2 sin(theta_max / 2) from the principal angles (NumPy SVD).
+    cos = np.clip(np.linalg.svd(np.asarray(p.B0 @ p.B_star.T), compute_uv=False), -1, 1)
+    theta = np.arccos(cos.min())
+    assert abs(2 * np.sin(theta / 2) - eps) < 1e-7  # arccos near 1 loses half the digits
+    assert abs(float(lf.pretrained_feature_error(p)) - eps) < 1e-12
+
+
+def test_make_problem_structure():
+    p = lf.make_problem(
+        jax.random.key(2), d=40, k=2, m=5, n=9, v_star_norm=3.0, ood="mixture", ood_shift=0.25
+    )
+    assert p.X.shape == (9, 40) and np.linalg.matrix_rank(np.asarray(p.X)) == 5
+    np.testing.assert_allclose(p.Y, p.X @ p.w_star, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(np.linalg.norm(p.w_star), 3.0, rtol=1e-13)
+    assert float(p.ood_cov.scale_S) == 0.75 and float(p.ood_cov.scale_perp) == 0.25
+    c_S, c_perp = lf.principal_constants(p)
+    assert 0 < c_S <= 1 and 0 < c_perp <= 1
+
+
+def test_make_problem_vmaps_over_key_and_knobs():
+    keys = jax.random.split(jax.random.key(3), 4)
+    eps = jnp.array([0.0, 0.01, 0.1, 1.0])
+    ps = jax.vmap(lambda key, e: lf.make_problem(key, d=20, k=2, m=4, feature_error=e))(keys, eps)
+    assert ps.B0.shape == (4, 2, 20)
+    for i in range(4):
+        one = lf.make_problem(keys[i], d=20, k=2, m=4, feature_error=eps[i])
+        np.testing.assert_allclose(ps.B0[i], one.B0, atol=1e-14)
+        np.testing.assert_allclose(jax.vmap(lf.pretrained_feature_error)(ps)[i], eps[i], atol=1e-12)
+
+
+def test_problems_from_arrays_stack_and_vmap():
+    ps = [lf.problem_from_arrays(**_arrays(seed)) for seed in range(3)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *ps)
+    got = jax.vmap(lf.linear_probe)(stacked)
+    for i, p in enumerate(ps):
+        np.testing.assert_allclose(got[i], lf.linear_probe(p), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- exact reduction
+
+
+@pytest.mark.parametrize("ood", ["isotropic", "perp", "mixture", "random_spd"])
+def test_reduction_is_an_exact_isometry(ood):
+    p = lf.make_problem(
+        jax.random.key(4), d=25, k=2, m=4, n=7, feature_error=0.2, ood=ood, ood_rank=0
+    )
+    red = lf.reduce(p)
+    W = np.asarray(red.basis)
+    G = W.T @ W
+    assert np.abs(G - np.diag(np.round(np.diag(G)))).max() < 1e-13  # columns orthonormal or 0
+    # Quadratic forms in coordinates equal the dense ones for random (v, B) in the span.
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        v = rng.normal(size=2)
+        C = rng.normal(size=(2, red.r))
+        B = p.B0 + C @ W[:, : red.r].T
+        Bc = B @ W
+        for f in (lf.ood_error, lf.id_error, lf.id_subspace_error, lf.train_loss):
+            assert max_rel_err(f(red, v, Bc), f(p, v, B)) < 1e-12, f.__name__
+    # X^T X is diagonal in the S block.
+    XS = np.asarray(red.X[:, : red.r])
+    off = XS.T @ XS - np.diag(np.diag(XS.T @ XS))
+    assert np.abs(off).max() < 1e-12 * np.abs(XS).max() ** 2
+
+
+def test_row_space_basis_rank_deficient():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(8, 3)) @ rng.normal(size=(3, 30))  # n = 8 rows spanning m = 3 dims
+    Q, s2, mask = row_space_basis(jnp.asarray(X))
+    assert int(mask.sum()) == 3
+    Qn = np.asarray(Q)[:, np.asarray(mask) > 0]
+    np.testing.assert_allclose(Qn.T @ Qn, np.eye(3), atol=1e-13)
+    np.testing.assert_allclose(X @ Qn @ Qn.T, X, atol=1e-12)  # spans rowspace(X)
+    np.testing.assert_allclose(
+        np.sort(np.asarray(s2))[-3:],
+        np.sort(np.linalg.svd(X, compute_uv=False) ** 2)[-3:],
+        rtol=1e-11,
+    )
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_ood_error_matches_monte_carlo_R3():
+    """R3: L_ood = e^T Sigma e equals the Monte-Carlo mean of (v^T B x - w*^T x)^2."""
+    p = lf.make_problem(jax.random.key(6), d=15, k=2, m=3, feature_error=0.3, ood="random_spd")
+    v = jnp.array([0.7, -1.1])
+    Sigma = np.asarray(p.ood_cov)
+    x = np.random.default_rng(1).multivariate_normal(np.zeros(15), Sigma, size=400_000)
+    e = np.asarray(p.B0.T @ v - p.w_star)
+    samples = (x @ e) ** 2
+    mc, se = samples.mean(), samples.std() / math.sqrt(len(samples))
+    assert abs(float(lf.ood_error(p, v, p.B0)) - mc) < 5 * se  # 5 standard errors
+
+
+def test_structured_cov_equals_dense():
+    p = lf.make_problem(jax.random.key(7), d=18, k=2, m=4, ood="mixture", ood_shift=0.3, ood_rank=2)
+    Q = np.asarray(row_space_basis(p.X)[0])
+    dense = p._replace(ood_cov=to_dense(p.ood_cov, jnp.asarray(Q[:, :4])))
+    v = jnp.array([0.3, 2.0])
+    assert max_rel_err(lf.ood_error(p, v, p.B0), lf.ood_error(dense, v, p.B0)) < 1e-12
+
+
+def test_feature_alignment_is_procrustes():
+    rng = np.random.default_rng(8)
+    p = lf.make_problem(jax.random.key(8), d=20, k=3, m=5, feature_error=0.4)
+    U = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    dist, U_hat = lf.feature_alignment(U @ p.B0, p.B_star)
+    np.testing.assert_allclose(dist, 0.4, atol=1e-12)  # rotation-invariant
+    np.testing.assert_allclose(U_hat, U, atol=1e-12)  # B0 B*^T = cos(theta) I, so U_hat = U
+
+
+def test_head_alignment_error_definition():
+    p = lf.make_problem(jax.random.key(9), d=20, k=2, m=4, v_star_norm=2.0)
+    a = lf.aligned_head(p)
+    assert float(lf.head_alignment_error(p, a)) < 1e-6  # phi = 0 at v0 = a*
+    assert float(lf.head_alignment_error(p, -a)) < 1e-6  # blind to the sign (THEORY R5 note)
+    np.testing.assert_allclose(
+        lf.head_alignment_error(p, jnp.zeros(2)), 4.0, rtol=1e-12
+    )  # ||v*||^2
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_shapes_and_values():
+    a = _arrays()
+    with pytest.raises(ValueError, match="`Y`.*shape"):
+        lf.problem_from_arrays(**{**a, "Y": a["Y"][:-1]})
+    with pytest.raises(ValueError, match="`X` must have 2 dimension"):
+        lf.problem_from_arrays(**{**a, "X": a["X"][0]})
+    X = a["X"].copy()
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="`X` contains 1 NaN or inf"):
+        lf.problem_from_arrays(**{**a, "X": X})
+    with pytest.raises(ValueError, match="rows of `B0` must be orthonormal.*orthonormalize_rows"):
+        lf.problem_from_arrays(**{**a, "B0": 1.1 * a["B0"]})
+    fixed = lf.orthonormalize_rows(1.1 * a["B0"])
+    lf.problem_from_arrays(**{**a, "B0": fixed})
+    with pytest.raises(ValueError, match="k <= m"):
+        lf.problem_from_arrays(**{**a, "X": a["X"][:1], "Y": a["Y"][:1]})
+    with pytest.raises(ValueError, match="both `B_star` and `v_star`"):
+        lf.problem_from_arrays(**{**a, "v_star": None})
+    with pytest.raises(ValueError, match="symmetric"):
+        lf.problem_from_arrays(**a, ood_cov=np.triu(np.ones((12, 12))))
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        lf.problem_from_arrays(**a, ood_cov=-np.eye(12))
+    with pytest.raises(ValueError, match=r"\[0, sqrt\(2\)\]"):
+        lf.make_problem(jax.random.key(0), d=10, k=1, m=2, feature_error=1.5)
+    with pytest.raises(ValueError, match="k <= m"):
+        lf.make_problem(jax.random.key(0), d=10, k=3, m=2)
+    with pytest.raises(ValueError, match="m < d"):
+        lf.make_problem(jax.random.key(0), d=10, k=1, m=10)
+
+
+def test_theory_condition_warnings():
+    with pytest.warns(lf.TheoryConditionWarning, match="m \\+ k"):
+        lf.make_problem(jax.random.key(0), d=6, k=2, m=4)
+    a = _arrays()
+    # B0 inside S: the features do not see S-perp, c_perp = 0.
+    Q = np.linalg.svd(a["X"])[2][:2]
+    with pytest.warns(lf.TheoryConditionWarning, match="c_perp"):
+        lf.problem_from_arrays(**{**a, "B0": Q})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lf.problem_from_arrays(**a)  # a healthy problem warns about nothing
