@@ -11,8 +11,9 @@ $\Pi_S b_0 \parallel \omega = \Pi_S w^*$, the flow reduces to two scalars $(v, \
 the scaled time $\tau = 2 s t$:
 $v' = -\alpha (v\alpha - y)$, $\alpha' = -v (v\alpha - y)$.
 
-The public functions are wrapped in `jax.jit` (compiled once per shape and dtype, so eager
-calls do not dispatch the root-find op by op; nesting inside a user's jit/vmap is free).
+The root-find and the two limit functions are wrapped in `jax.jit` (compiled once per shape
+and dtype, so eager calls do not dispatch the loop op by op; nesting inside a user's jit or
+vmap is free).
 The root-find in `k1_trajectory` has a fixed iteration count, so results are not
 meaningfully differentiable with respect to the inputs; use the flow solvers for gradients.
 """
@@ -31,6 +32,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 # 1e-10 from the saddle needs ~86), so 128 leaves a margin. A fixed count keeps it vmappable;
 # the count costs run time only (a few microseconds), not compile time.
 _ROOT_ITERATIONS = 128
+_LN2 = 0.6931471805599453
 
 
 class K1Trajectory(NamedTuple):
@@ -104,8 +106,8 @@ def _signed_state(p, c, v0, alpha0):
     r"""$(v, \alpha)$ from $p$ and the conserved $c$, with the sign rules of section 4.
 
     $c > 0$: $v$ never vanishes, so $\mathrm{sgn}\, v = \mathrm{sgn}\, v_0$; $c < 0$: likewise
-    $\mathrm{sgn}\,\alpha = \mathrm{sgn}\,\alpha_0$; $vα = p$ fixes the other sign. For $c = 0$,
-    $v^2 = \alpha^2 = |p|$ and $p$ never changes sign, so both signs are kept.
+    $\mathrm{sgn}\,\alpha = \mathrm{sgn}\,\alpha_0$; $v\alpha = p$ fixes the other sign.
+    For $c = 0$, $v^2 = \alpha^2 = |p|$ and $p$ never changes sign, so both signs are kept.
     """
     v_abs, a_abs = _magnitudes(p, c)
     sgn_p = jnp.sign(p)
@@ -148,8 +150,20 @@ def _p_general(tau, p0, y, b):
     lnN0 = _log_N(p0, y, b, R)
     target = 2.0 * R * tau
 
+    def p_of(delta):
+        # p = y - gap0 e^{-Delta} = p0 - gap0 expm1(-Delta). Rounding is eps (|y| + |y - p|) in
+        # the first form and eps (|p0| + |p - p0|) in the second: take the second while
+        # |p - p0| <= |y - p| (Delta <= ln 2), so p stays relatively accurate when it is
+        # small, e.g. when the flow leaves the neighbourhood of the saddle (|p0| << |y|).
+        near_start = delta <= _LN2
+        return jnp.where(
+            near_start,
+            p0 - gap0 * jnp.expm1(-jnp.where(near_start, delta, 0.0)),
+            y - gap0 * jnp.exp(-delta),
+        )
+
     def h_and_slope(delta):
-        p = y - gap0 * jnp.exp(-delta)
+        p = p_of(delta)
         return delta + _log_N(p, y, b, R) - lnN0 - target, R / jnp.hypot(p, b)
 
     def body(_, carry):
@@ -169,7 +183,7 @@ def _p_general(tau, p0, y, b):
     # Start at Delta = 0, where h = -2 R tau and h' = R / s0; the first step is free to be Newton.
     init = (zero, hi0, zero, -target, R / jnp.hypot(p0, b), jnp.full_like(hi0, jnp.inf))
     delta = jax.lax.fori_loop(0, _ROOT_ITERATIONS, body, init)[2]
-    return y - gap0 * jnp.exp(-delta)
+    return p_of(delta)
 
 
 def _p_balanced(tau, p0, y):
@@ -203,7 +217,11 @@ def _k1_scalar(tau, v0, alpha0, y):
     return jnp.where(still, v0, v), jnp.where(still, alpha0, alpha)
 
 
-@jax.jit
+# Compiled once per shape and dtype (arguments arrive as strong-typed arrays, so Python and
+# NumPy scalars share one executable); eager calls then do not dispatch the loop op by op.
+_k1_compiled = jax.jit(jnp.vectorize(_k1_scalar))
+
+
 def k1_trajectory(
     tau: Float[ArrayLike, "*batch"],
     *,
@@ -252,11 +270,10 @@ def k1_trajectory(
     """
     dtype = _float_dtype(tau, v0, alpha0, y)
     args = [jnp.asarray(a, dtype) for a in (tau, v0, alpha0, y)]
-    v, alpha = jnp.vectorize(_k1_scalar)(*args)
+    v, alpha = _k1_compiled(*args)
     return K1Trajectory(v, alpha)
 
 
-@jax.jit
 def k1_trajectory_problem_time(
     t: Float[ArrayLike, "*batch"],
     *,
@@ -320,13 +337,16 @@ def toy2d_limit(
     $c = v_0^2 - \cos^2\beta_0$: $v_\infty^2 = (c + \sqrt{c^2 + 4y^2})/2$ (computed as
     $2y^2 / (\sqrt{c^2 + 4y^2} - c)$ when $c < 0$), $b_{1\infty} = y / v_\infty$,
     $\mathrm{sgn}\, v_\infty = \mathrm{sgn}\, v_0$ if $c > 0$ else $\mathrm{sgn}(y\cos\beta_0)$,
-    so $w_{ft} = (y, v_\infty\sin\beta_0)$. LP: $w_{lp} = (y/\cos\beta_0)\, b_0$ (R4); if
-    $\cos\beta_0 = 0$ the LP flow does not move and $w_{lp} = v_0 b_0$ (section 2 closed form).
+    so $w_{ft} = (y, v_\infty\sin\beta_0)$. LP: $w_{lp} = (y/\cos\beta_0)\, b_0$ (section 2; if
+    $\cos\beta_0 = 0$ the LP flow does not move and $w_{lp} = v_0 b_0$). With $\beta_0 = \beta^*$
+    the features are perfect and LP is exact (R4).
     The OOD second moment is $I$, so errors are squared Euclidean distances to $w^*$.
 
-    Degenerate case beyond THEORY's rule: $c = 0$ with $v_0 y \cos\beta_0 \le 0$ (e.g.
+    Degenerate cases beyond THEORY's rule: $c = 0$ with $v_0 y \cos\beta_0 \le 0$ (e.g.
     $v_0 = -\cos\beta_0$, $y\cos\beta_0 > 0$) flows into the saddle, $v_\infty = b_{1\infty} = 0$
-    and $w_{ft} = 0$.
+    and $w_{ft} = 0$; $y = 0$ with $c < 0$ has $v_\infty = 0$ and
+    $b_{1\infty} = \mathrm{sgn}(\cos\beta_0)\sqrt{-c}$ (not $y / v_\infty$). $b_{1\infty}$ is
+    always computed from $\alpha_\infty^2 = (\sqrt{c^2 + 4y^2} - c)/2$, never as $y/v_\infty$.
 
     Args:
         beta0: angle of the pretrained feature $b_0$.
@@ -361,7 +381,6 @@ def toy2d_limit(
     )
 
 
-@jax.jit
 def toy2d_trajectory(
     t: Float[ArrayLike, "*batch"],
     beta0: Float[ArrayLike, "*batch"],
