@@ -199,3 +199,15 @@ def test_theory_condition_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         lf.problem_from_arrays(**a)  # a healthy problem warns about nothing
+
+
+def test_metrics_disable_jit_equals_jit():
+    p = lf.make_problem(jax.random.key(10), d=16, k=2, m=3, feature_error=0.2, ood="perp")
+    v = jnp.array([0.4, -0.9])
+    jitted = jax.jit(lambda p, v: lf.metrics(lf.reduce(p), v, lf.reduce(p).B0, v, lf.reduce(p).B0))
+    got = jitted(p, v)
+    with jax.disable_jit():
+        red = lf.reduce(p)
+        ref = lf.metrics(red, v, red.B0, v, red.B0)
+    for a, b in zip(got, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
