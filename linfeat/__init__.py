@@ -9,6 +9,8 @@ float64 yourself (`jax.config.update("jax_enable_x64", True)`) for tight checks.
 from ._closed_form import linear_probe as linear_probe
 from ._cov import SubspaceCov as SubspaceCov
 from ._cov import subspace_cov as subspace_cov
+from ._discrete import DiscreteTrajectory as DiscreteTrajectory
+from ._discrete import train_discrete as train_discrete
 from ._flow import SolverError as SolverError
 from ._flow import Status as Status
 from ._flow import Trajectory as Trajectory
