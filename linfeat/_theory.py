@@ -1,8 +1,10 @@
 r"""Analytic side of the paper's statements: the bounds and closed forms of THEORY.md.
 
-Every function takes plain scalars and arrays (no `Problem`), is written for one instance
-and is pure `jax.numpy`, so it jits, vmaps over any argument and keeps the floating dtype of
-its inputs (float64 when x64 is on). Result ids (R5 ... R12) refer to THEORY.md section 3;
+The scalar formulas take plain scalars and arrays (no `Problem`); the problem-level wrappers
+at the end (`problem_constants`, `r5_bounds`, `r5_perp_bound`, `r7_bounds`, `r8_threshold`)
+take a `Problem` and a head and call them. Every function is written for one instance and is
+pure `jax.numpy`, so it jits, vmaps over any argument and keeps the floating dtype of its
+inputs (float64 when x64 is on). Result ids (R5 ... R12) refer to THEORY.md section 3;
 labels [paper] / [derived] / [unsure] are THEORY.md's.
 
 Symbols: $a = \|v^*\| = \|w^*\|$, $\varepsilon = d(B_0, B^*)$, $\varphi$ the head alignment
@@ -18,6 +20,7 @@ References:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -440,3 +443,168 @@ def r12_ft_wins(a: Scalar, v0: Scalar) -> Array:
     v0 = jnp.asarray(v0)
     gap = (2.0 * a**2 * (a**2 + v0**2 - 1.0)) / (2.0 * a**2 + v0**2 + jnp.sqrt(v0**4 + 4.0 * a**2))
     return gap > 0
+
+
+# ---------------------------------------------------------------------------------------
+# Problem-level wrappers: the constants of a `Problem` and the bounds they give
+# ---------------------------------------------------------------------------------------
+
+
+class ProblemConstants(NamedTuple):
+    r"""The theory's constants of one problem and head (THEORY.md section 1).
+
+    Attributes:
+        a: $\|v^*\| = \|w^*\|$.
+        a_star: aligned true head $a^* = U v^*$.
+        eps: $\varepsilon = \|B_0 - U B^*\|_2$ for the Procrustes U (the U of $a^*$).
+        c_S, c_perp: $\sigma_k(\Pi_S B_0^T)$, $\sigma_k(\Pi_{S^\perp} B_0^T)$.
+        phi: head alignment error of `v0`.
+        kappa: $\kappa(X)$.
+        sigma2_min: $\sigma^+_{\min}(X)^2$, smallest non-zero eigenvalue of $X^T X$.
+        lam_min, lam_max: bounds on the extreme eigenvalues of the OOD second moment $\Sigma$
+            (exact for dense $\Sigma$, see `linfeat._cov.eig_range`).
+        lam_perp: a lower bound on $\Sigma$ restricted to $S^\perp$ in the sense
+            $e^T\Sigma e \ge$ `lam_perp` $\|\Pi_{S^\perp} e\|^2$: the weight $b$ of a structured
+            $\Sigma = a\Pi_S + b\Pi_{S^\perp} + LL^T$, or $\lambda_{\min}$ for a dense one.
+    """
+
+    a: ScalarOut
+    a_star: Float[Array, " k"]
+    eps: ScalarOut
+    c_S: ScalarOut
+    c_perp: ScalarOut
+    phi: ScalarOut
+    kappa: ScalarOut
+    sigma2_min: ScalarOut
+    lam_min: ScalarOut
+    lam_max: ScalarOut
+    lam_perp: ScalarOut
+
+
+def problem_constants(problem, v0: Head) -> ProblemConstants:
+    r"""All constants of THEORY.md section 1 for one `Problem` with ground truth and head `v0`.
+
+    Uses linfeat's metrics (`principal_constants`, `feature_alignment`) and the scalar
+    formulas of this module; jit/vmap friendly (vmap over problems and heads for batches).
+
+    Args:
+        problem: a `linfeat.Problem` with `B_star` and `v_star` set.
+        v0: initial head (k,).
+
+    Returns:
+        A `ProblemConstants`.
+    """
+    from ._cov import SubspaceCov, eig_range
+    from ._metrics import feature_alignment, principal_constants
+
+    eps, U = feature_alignment(problem.B0, problem.B_star)
+    a_star = U @ problem.v_star
+    c_S, c_perp = principal_constants(problem)
+    X = problem.X
+    kap = kappa(X)
+    sigma2_min = (jnp.linalg.norm(X, ord=2) / kap) ** 2
+    n, d = X.shape
+    lam_min, lam_max = eig_range(problem.ood_cov, d, min(n, d))
+    if isinstance(problem.ood_cov, SubspaceCov):
+        lam_perp = problem.ood_cov.scale_perp
+    else:
+        lam_perp = lam_min
+    return ProblemConstants(
+        a=jnp.linalg.norm(problem.v_star),
+        a_star=a_star,
+        eps=eps,
+        c_S=c_S,
+        c_perp=c_perp,
+        phi=head_alignment_error(v0, a_star),
+        kappa=kap,
+        sigma2_min=sigma2_min,
+        lam_min=jnp.asarray(lam_min, X.dtype),
+        lam_max=jnp.asarray(lam_max, X.dtype),
+        lam_perp=jnp.asarray(lam_perp, X.dtype),
+    )
+
+
+class R5Bounds(NamedTuple):
+    """The R5 bounds of one problem and head (see `r5_bounds`)."""
+
+    printed: ScalarOut
+    rigorous_error: ScalarOut
+    rigorous: ScalarOut
+
+
+def r5_bounds(problem, v0: Head) -> R5Bounds:
+    r"""R5's lower bounds for FT from $(v_0, B_0)$ on `problem`, valid at every t.
+
+    - `printed` [paper, unsure; false as stated, THEORY.md R5]: lower bound on $\|e(t)\|$
+      ($= \sqrt{L_{ood}}$ for $\Sigma = I$), `r5_printed_bound`.
+    - `rigorous_error` [derived]: $\|e(t)\| \ge c_\perp\delta_0 - \varepsilon a$.
+    - `rigorous` [derived]: $\sqrt{L_{ood}(t)} \ge \sqrt{\lambda_{\min}(\Sigma)}
+      (c_\perp\delta_0 - \varepsilon a)$.
+
+    Args:
+        problem: a `Problem` with ground truth.
+        v0: initial head.
+
+    Returns:
+        An `R5Bounds` (negative entries are vacuous).
+    """
+    c = problem_constants(problem, v0)
+    k = problem.B0.shape[-2]
+    return R5Bounds(
+        printed=r5_printed_bound(c.c_perp, k, c.phi, c.a, c.eps),
+        rigorous_error=r5_rigorous_error_bound(c.c_perp, c.phi, c.a, c.eps),
+        rigorous=r5_rigorous_bound(c.c_perp, c.phi, c.a, c.eps, c.lam_min),
+    )
+
+
+def r5_perp_bound(
+    rigorous_error: Scalar,
+    train_loss: Scalar,
+    sigma2_min: Scalar,
+    lam_perp: Scalar,
+) -> ScalarOut:
+    r"""R5 for OOD mass on $S^\perp$ only: a bound that stays informative when $\lambda_{\min} = 0$.
+
+    [derived, R5 refinement] With $r = (c_\perp\delta_0 - \varepsilon a)_+$ (R5 rigorous),
+    $\|\Pi_S e\|^2 \le \hat L / \sigma^+_{\min}(X)^2$ (as $\hat L = \|X e\|^2$) and
+    $e^T\Sigma e \ge b\,\|\Pi_{S^\perp} e\|^2$ for $\Sigma = a\Pi_S + b\Pi_{S^\perp} + LL^T$:
+    $\sqrt{L_{ood}(t)} \ge \sqrt{b}\,\sqrt{(r^2 - \hat L(t)/\sigma^+_{\min}(X)^2)_+}$ at every t.
+    It depends on the training loss along the trajectory, so it bites late in training, when
+    FT has fit S (at convergence $\hat L = 0$ and it equals $\sqrt b\, r$).
+
+    Args:
+        rigorous_error: `r5_rigorous_error_bound` of the problem and head.
+        train_loss: $\hat L(t)$ at the time considered.
+        sigma2_min: $\sigma^+_{\min}(X)^2$.
+        lam_perp: $b$, the weight of $\Pi_{S^\perp}$ in $\Sigma$.
+
+    Returns:
+        The bound (0 when vacuous).
+    """
+    r = jnp.maximum(jnp.asarray(rigorous_error), 0.0)
+    gap = r**2 - jnp.asarray(train_loss) / jnp.asarray(sigma2_min)
+    return jnp.sqrt(jnp.asarray(lam_perp)) * jnp.sqrt(jnp.maximum(gap, 0.0))
+
+
+def r7_bounds(problem) -> tuple[ScalarOut, ScalarOut]:
+    r"""R7's upper bounds for the converged linear probe on `problem` [derived].
+
+    Returns:
+        `(error_bound, ood_bound)`: $\varepsilon a(1 + \kappa/c_S)$ on $\|e_{lp}\|$ and
+        $\lambda_{\max}\varepsilon^2a^2(1 + \kappa/c_S)^2$ on $L_{ood}(v_{lp}^\infty, B_0)$.
+    """
+    c = problem_constants(problem, jnp.zeros(problem.B0.shape[-2], problem.B0.dtype))
+    return (
+        r7_lp_error_bound(c.eps, c.a, c.kappa, c.c_S),
+        r7_lp_ood_bound(c.eps, c.a, c.kappa, c.c_S, c.lam_max),
+    )
+
+
+def r8_threshold(problem, v0: Head) -> ScalarOut:
+    r"""R8's explicit threshold on $\varepsilon$ for `problem` and head `v0` [derived].
+
+    LP's converged OOD loss is strictly below FT's at every t when $\varepsilon$ is below it
+    (`r8_eps_threshold`).
+    """
+    c = problem_constants(problem, v0)
+    return r8_eps_threshold(c.c_perp, c.phi, c.a, c.kappa, c.c_S, c.lam_min, c.lam_max)

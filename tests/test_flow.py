@@ -110,9 +110,11 @@ def test_linear_probe_closed_form_and_flow(problems):
         np.testing.assert_allclose(lf.linear_probe(p), v_np, rtol=1e-10)
         tr = lf.linear_probe_flow(p, jnp.zeros(K))
         assert tr.status == lf.Status.CONVERGED
-        # The flow stops once ||grad|| < grad_tol (1e-9); LP's loss is quadratic with Hessian
+        # The flow stops once ||grad|| < grad_tol; LP's loss is quadratic with Hessian
         # 2 A^T A, so the stopped head is within grad_tol / (2 sigma_min(A)^2) of the limit.
-        stop_err = 1e-9 / (2 * np.linalg.svd(A, compute_uv=False)[-1] ** 2)
+        lam_max = np.linalg.eigvalsh(np.asarray(p.X @ p.X.T))[-1]
+        grad_tol = _flow.default_grad_tol(lam_max, p.Y, jnp.zeros(K), 1e-10)
+        stop_err = float(grad_tol) / (2 * np.linalg.svd(A, compute_uv=False)[-1] ** 2)
         assert np.linalg.norm(tr.v_final - v_np) < stop_err + FLOW_AGREEMENT * np.linalg.norm(v_np)
         assert float(tr.metrics.feature_change_S.max()) == 0.0  # LP never moves B
 

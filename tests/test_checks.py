@@ -1,0 +1,196 @@
+"""Fast versions of the checks behind `linfeat check` (R1-R13) and of the report writer.
+
+One tiny configuration (one shape group, every OOD kind, the whole knob grid once) is run for
+the session; each test then reads its check's record. The full and quick runs are `slow`.
+"""
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import linfeat as lf
+from linfeat import _checks as C
+from linfeat import theory
+
+TINY = C.Config(
+    name="tiny",
+    groups=(C.Group(10, 1, 4, reps=1),),
+    full_mode=C.Group(10, 1, 4, reps=1),
+    mc_samples=4000,
+    mc_instances=8,
+    r6_mc=4000,
+    search_pop=36,
+    search_rounds=2,
+    toy_grid=6,
+)
+
+
+@pytest.fixture(scope="session")
+def results():
+    return {r.id: r for r in C.run_checks(TINY, seed=0, progress=False)}
+
+
+@pytest.mark.parametrize("rid", [f"R{i}" for i in range(1, 13)])
+def test_rigorous_checks_pass(results, rid):
+    r = results[rid]
+    assert r.verdict == "PASS", [(s.name, s.violations, s.nonconverged) for s in r.subs]
+    # every rigorous row saw instances
+    assert all(s.n > 0 for s in r.subs if s.kind == C.RIGOROUS)
+
+
+def test_r13_is_reported_not_asserted(results):
+    r = results["R13"]
+    assert r.verdict == "REPORTED"
+    assert all(s.kind == C.OBSERVATION for s in r.subs)
+    assert r.subs[0].worst is not None and r.subs[0].worst >= 0
+
+
+def test_r5_printed_constant_is_audited(results):
+    r = results["R5"]
+    by_name = {s.name: s for s in r.subs}
+    cx = next(s for n, s in by_name.items() if "counterexample" in n)
+    # THEORY.md: ||e(0)|| = 0.1 against 0.9 * 4.95 / 36 = 0.12375.
+    assert cx.worst == pytest.approx(0.1 / 0.12375, rel=1e-9)
+    assert cx.violations == 1
+    search = next(s for n, s in by_name.items() if "printed constant: worst-case" in n)
+    assert search.kind == C.OBSERVATION and search.worst < 1.0  # the search finds violations
+    rig = next(s for n, s in by_name.items() if "rigorous error bound: the same" in n)
+    assert rig.violations == 0 and rig.worst >= 1.0
+
+
+def test_worst_case_search_is_reproducible():
+    # One round of random search, then two Adam steps with jax.grad through the solver.
+    cfg = dataclasses.replace(TINY, search_rounds=1, grad_starts=1, grad_steps=2)
+    a = C.worst_case_search(cfg, seed=3)
+    b = C.worst_case_search(cfg, seed=3)
+    assert a["best_ratio"] == b["best_ratio"] and a["best"] == b["best"]
+    assert a["gradient"]["evaluated"] == 2 and a["best_ratio"] <= a["best_random"]
+    # Rebuild the best instance from its reported parameters: same ratio.
+    p, v0 = C._k1_instance(
+        jnp.asarray(a["best"]["params"]),
+        jax.random.normal(jax.random.PRNGKey(a["best"]["G_seed"]), (8, 4)),
+    )
+    bounds = theory.r5_bounds(p, v0)
+    tr = lf.fine_tune(p, v0, grad_tol=C._grad_tol(p, v0))
+    err = jnp.linalg.norm(jnp.einsum("tkd,tk->td", tr.B, tr.v) - p.w_star, axis=1)
+    assert float(jnp.min(err) / bounds.printed) == pytest.approx(a["best_ratio"], rel=1e-6)
+
+
+def test_problem_level_wrappers_match_scalar_formulas():
+    p, v0 = C.counterexample_problem()
+    c = theory.problem_constants(p, jnp.asarray(v0))
+    assert float(c.c_perp) == pytest.approx(0.9, rel=1e-12)
+    assert float(c.c_S) == pytest.approx(math.sqrt(0.19), rel=1e-12)
+    assert float(c.eps) == pytest.approx(0.0, abs=1e-12)
+    assert float(c.phi) ** 2 == pytest.approx(abs(4.9**2 * 25 - 625), rel=1e-12)
+    b = theory.r5_bounds(p, jnp.asarray(v0))
+    assert float(b.printed) == pytest.approx(0.9 * 4.95 / 36, rel=1e-12)
+    expected = theory.r5_rigorous_error_bound(0.9, c.phi, 5.0, 0.0)
+    assert float(b.rigorous_error) == pytest.approx(float(expected), rel=1e-12)
+    err_bound, ood_bound = theory.r7_bounds(p)
+    assert float(err_bound) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_problem_constants_vmap_and_knobs():
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    eps = jnp.array([0.0, 1e-3, 1e-2, 1e-1])
+    ps = jax.vmap(lambda k, e: lf.make_problem(k, d=12, k=1, m=4, feature_error=e))(keys, eps)
+    c = jax.vmap(theory.problem_constants)(ps, jnp.ones((4, 1)))
+    np.testing.assert_allclose(c.eps, eps, atol=1e-12)
+    # k = 1: c_S^2 + c_perp^2 = ||b0||^2 = 1.
+    np.testing.assert_allclose(c.c_S**2 + c.c_perp**2, 1.0, rtol=1e-12)
+
+
+def test_report_and_exit_status(results, tmp_path, monkeypatch):
+    env = {
+        "versions": {"linfeat": "x"},
+        "backend": "cpu",
+        "devices": ["cpu:0"],
+        "x64": True,
+        "platform": "p",
+    }
+    out = tmp_path / "paper_checks.md"
+    recs = list(results.values())
+    C.write_markdown(
+        recs,
+        str(out),
+        cfg=TINY,
+        seed=0,
+        command="linfeat check",
+        env=env,
+        seconds=1.0,
+        fig_rel=None,
+    )
+    text = out.read_text()
+    for rid in C.ALL_IDS:
+        assert f"## {rid}:" in text
+    assert "Generated by: `linfeat check`" in text
+    # A failing rigorous row makes `run` return 1; a passing run returns 0.
+    bad = dataclasses.replace(recs[0], subs=[dataclasses.replace(recs[0].subs[0], violations=1)])
+    assert bad.verdict == "FAIL"
+    json.dumps(bad.to_json(), default=C._json_default)
+    for fake, code in (([bad], 1), (recs[:1], 0)):
+        monkeypatch.setattr(C, "run_checks", lambda *a, _f=fake, **k: _f)
+        args = types.SimpleNamespace(
+            quick=True,
+            only=None,
+            json=str(tmp_path / "r.json"),
+            output=str(out),
+            figures="",
+            seed=0,
+            no_progress=True,
+        )
+        assert C.run(args) == code
+        assert json.loads((tmp_path / "r.json").read_text())["results"]
+
+
+def test_import_linfeat_does_not_need_matplotlib():
+    code = (
+        "import linfeat, linfeat.theory, linfeat._checks, sys; print('matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_unknown_id_is_rejected(capsys):
+    args = types.SimpleNamespace(
+        quick=True, only="R99", json=None, output="x.md", figures="", seed=0, no_progress=True
+    )
+    assert C.run(args) == 2
+
+
+@pytest.mark.slow
+def test_quick_run_from_cli(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "linfeat._cli",
+            "check",
+            "--quick",
+            "--no-progress",
+            "--output",
+            str(tmp_path / "pc.md"),
+            "--figures",
+            str(tmp_path / "fig"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "## R13:" in (tmp_path / "pc.md").read_text()
+
+
+@pytest.mark.slow
+def test_full_config_all_pass():
+    res = C.run_checks(C.FULL, seed=0, progress=False)
+    assert [r.id for r in res if r.verdict == "FAIL"] == []
