@@ -1,0 +1,372 @@
+"""Shared helpers of the experiments: batched solves, result files, checkpoints, figure style.
+
+Every experiment is `compute(config, checkpoint) -> dict of arrays` plus
+`plot(results, config, outdir)`; `linfeat reproduce` (linfeat/_reproduce.py) caches the
+results (`.npz` + a JSON with the config, seed and package versions) and draws the figures
+(STYLE.md 15: compute, then draw). Matplotlib is imported only inside the plotting helpers.
+
+Batched flows: one jitted `vmap` of `lf.fine_tune` (or `lf.linear_probe_flow`) over a fixed
+chunk of problems, with the save times an argument, so every experiment of a run that uses the
+same dimensions and chunk size shares one compilation (about 5 s of CPU each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import linfeat as lf
+from linfeat._cov import SubspaceCov
+
+# Colours and labels shared by every figure (one look for the whole set).
+COLORS = {
+    "LP": "#1f77b4",
+    "FT": "#d62728",
+    "LP-FT": "#2ca02c",
+    "bound": "#444444",
+    "printed": "#9467bd",
+    "rigorous": "#444444",
+    "oracle": "#000000",
+}
+METHODS = ("LP", "FT", "LP-FT")
+BAND = (5.0, 95.0)  # percentile band over seeds drawn in every figure (90%)
+
+
+# ---------------------------------------------------------------------------------------
+# Problems and batched flows
+# ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _maker(d: int, k: int, m: int, n: int):
+    """Jitted, vmapped problem generator for one set of static dimensions."""
+
+    def make(key, eps, a, scale_S, scale_perp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lf.TheoryConditionWarning)
+            p = lf.make_problem(key, d=d, k=k, m=m, n=n, feature_error=eps, v_star_norm=a)
+        # OOD second moment a Pi_S + b Pi_perp: "isotropic" is (1, 1), "inside" (1, 0),
+        # "perp" (0, 1), the mixture (1 - rho, rho); one generator (one compile) for all.
+        dtype = p.X.dtype
+        cov = SubspaceCov(
+            jnp.asarray(scale_S, dtype), jnp.asarray(scale_perp, dtype), jnp.zeros((d, 0), dtype)
+        )
+        return p._replace(ood_cov=cov)
+
+    return jax.jit(jax.vmap(make))
+
+
+def _pad(x, size):
+    """Pads the leading axis to `size` by repeating the last entry (a padded lane is wasted)."""
+    x = jnp.asarray(x)
+    extra = size - x.shape[0]
+    if extra == 0:
+        return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)], axis=0)
+
+
+def _chunks(num: int, chunk: int):
+    for start in range(0, num, chunk):
+        yield start, min(start + chunk, num)
+
+
+def make_problems(key, num, *, dims, chunk, eps=0.0, a=1.0, scale_S=1.0, scale_perp=1.0):
+    """`num` random problems (a batched `lf.Problem`), one key each; knobs broadcast to (num,).
+
+    Dimensions `dims = dict(d=, k=, m=, n=)`; the OOD second moment is
+    `scale_S Pi_S + scale_perp Pi_perp` (isotropic by default).
+    """
+    make = _maker(dims["d"], dims["k"], dims["m"], dims["n"])
+    keys = jax.random.split(key, num)
+    knobs = [jnp.broadcast_to(jnp.asarray(x, float), (num,)) for x in (eps, a, scale_S, scale_perp)]
+    parts = []
+    for s, e in _chunks(num, chunk):
+        args = [_pad(x[s:e], chunk) for x in (keys, *knobs)]
+        parts.append(jax.tree.map(lambda x, e=e, s=s: x[: e - s], make(*args)))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+
+
+@functools.cache
+def _batched_flow(method: str):
+    """jit(vmap(flow)) with save times shared by the batch; `check=False`, read `status`."""
+    flow = {"ft": lf.fine_tune, "lp": lf.linear_probe_flow}[method]
+
+    def one(problem, v0, ts, grad_tol):
+        traj = flow(problem, v0, ts=ts, grad_tol=grad_tol, check=False)
+        m = traj.metrics._asdict()
+        out = {f"metric_{name}": val for name, val in m.items()}
+        # Errors at the converged state (saves after t_final repeat it, but convergence may
+        # come after the last save time).
+        v_f, B_f = traj.v_final, traj.B_final
+        out["final_ood_error"] = lf.ood_error(problem, v_f, B_f)
+        out["final_id_error"] = lf.id_error(problem, v_f, B_f)
+        out["final_id_subspace_error"] = lf.id_subspace_error(problem, v_f, B_f)
+        out.update(
+            v=traj.v,
+            v_final=traj.v_final,
+            t_final=traj.t_final,
+            status=traj.status,
+            num_steps=traj.num_steps,
+        )
+        return out
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
+
+
+def solve(problems, heads, ts, *, chunk, method="ft", grad_tol=1e-9, progress=None):
+    r"""Runs FT (`method="ft"`) or the LP flow ("lp") on a batch, in chunks of `chunk` lanes.
+
+    Returns a dict of NumPy arrays: `metric_<name>` (num, T), `final_<error>` (num,) at the
+    converged state, `v` (num, T, k), `v_final`,
+    `t_final`, `status` (0 = converged), `num_steps`. LP-FT is `method="ft"` with the LP heads.
+    `grad_tol` is the absolute stopping threshold (the library default, 1e-9, suits
+    $\|v^*\| \approx 1$; the solver's own gradient floor grows like $\|v^*\|^3$).
+    """
+    f = _batched_flow(method)
+    num = heads.shape[0]
+    ts = jnp.asarray(ts, float)
+    outs = []
+    for s, e in _chunks(num, chunk):
+        p = jax.tree.map(lambda x, s=s, e=e: _pad(x[s:e], chunk), problems)
+        out = f(p, _pad(heads[s:e], chunk), ts, jnp.asarray(grad_tol, float))
+        outs.append({k: np.asarray(v)[: e - s] for k, v in out.items()})
+        if progress is not None:
+            progress.update(e - s)
+    return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
+
+
+def batch_constants(problems):
+    """Per-problem constants of the bounds: c_S, c_perp, kappa(X), eps, a*, ||v*||."""
+    c_S, c_perp = jax.vmap(lf.principal_constants)(problems)
+    from linfeat import _theory as T
+
+    kap = jax.vmap(T.kappa)(problems.X)
+    eps = jax.vmap(lf.pretrained_feature_error)(problems)
+    a_star = jax.vmap(lf.aligned_head)(problems)
+    return {
+        "c_S": np.asarray(c_S),
+        "c_perp": np.asarray(c_perp),
+        "kappa": np.asarray(kap),
+        "eps": np.asarray(eps),
+        "a_star": np.asarray(a_star),
+        "a": np.asarray(jnp.linalg.norm(problems.v_star, axis=-1)),
+    }
+
+
+def ood_error_batch(problems, heads):
+    """OOD error of (head, B0) for each problem (LP and the t = 0 point)."""
+    return np.asarray(jax.vmap(lambda p, v: lf.ood_error(p, v, p.B0))(problems, heads))
+
+
+def id_error_batch(problems, heads):
+    """ID error of (head, B0) for each problem."""
+    return np.asarray(jax.vmap(lambda p, v: lf.id_error(p, v, p.B0))(problems, heads))
+
+
+def nonconverged(*results) -> int:
+    """Number of trajectories whose solver status is not CONVERGED (0)."""
+    return int(sum(int(np.sum(np.asarray(r["status"]) != 0)) for r in results))
+
+
+# ---------------------------------------------------------------------------------------
+# Files: atomic writes and per-chunk checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def atomic_savez(path: Path, arrays: dict) -> None:
+    """Writes an `.npz` atomically (temporary file + rename): a killed run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes text atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def json_default(x):
+    """JSON encoder for NumPy scalars and arrays in configs and metadata."""
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+class Checkpoint:
+    """Per-chunk checkpoints: `run(label, fn)` loads `<dir>/<label>.npz` or computes and saves it.
+
+    With `directory=None` it only computes (smoke tests). A run killed halfway resumes from the
+    chunks already on disk; the directory is keyed by the experiment's cache key, so a changed
+    config or script never reuses stale chunks.
+    """
+
+    def __init__(self, directory: Path | None = None):
+        self.directory = None if directory is None else Path(directory)
+        self.loaded = 0
+        self.computed = 0
+
+    def run(self, label: str, fn) -> dict:
+        if self.directory is None:
+            self.computed += 1
+            return {k: np.asarray(v) for k, v in fn().items()}
+        path = self.directory / f"{label}.npz"
+        if path.exists():
+            self.loaded += 1
+            return load_npz(path)
+        out = {k: np.asarray(v) for k, v in fn().items()}
+        atomic_savez(path, out)
+        self.computed += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Figures: one style for all
+# ---------------------------------------------------------------------------------------
+
+
+def pyplot():
+    """Matplotlib's pyplot with the Agg backend and the house style (imported lazily)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 150,
+            "font.size": 9,
+            "axes.titlesize": 9.5,
+            "axes.labelsize": 9,
+            "legend.fontsize": 7.5,
+            "legend.frameon": False,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.25,
+            "lines.linewidth": 1.5,
+            "lines.markersize": 4,
+            "pdf.fonttype": 42,
+        }
+    )
+    return plt
+
+
+def band(ax, x, Y, *, color, label=None, q=BAND, ls="-", marker=None, alpha=0.18, center="median"):
+    """Median (or mean) over seeds as a line, and the 5-95% percentile band over seeds.
+
+    `Y` has seeds on axis 0 and x on axis 1.
+    """
+    Y = np.asarray(Y, float)
+    mid = np.nanmedian(Y, axis=0) if center == "median" else np.nanmean(Y, axis=0)
+    lo, hi = np.nanpercentile(Y, q, axis=0)
+    ax.plot(x, mid, color=color, ls=ls, marker=marker, label=label)
+    if Y.shape[0] > 1:
+        ax.fill_between(x, lo, hi, color=color, alpha=alpha, lw=0)
+    return mid
+
+
+def savefig(fig, outdir: Path, name: str) -> list[Path]:
+    """Writes `<outdir>/<name>.png` and `.pdf` (atomically) and closes the figure."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    import matplotlib.ticker as mticker
+
+    for ax in fig.axes:  # minor tick labels of short log axes overlap: keep the major ones
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_minor_formatter(mticker.NullFormatter())
+    paths = []
+    for ext in ("png", "pdf"):
+        path = outdir / f"{name}.{ext}"
+        fd, tmp = tempfile.mkstemp(dir=outdir, suffix=f".{ext}")
+        os.close(fd)
+        # Fixed metadata keeps the PDF bytes reproducible across runs.
+        meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
+        fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=meta)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+        paths.append(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def fmt(x, digits=3) -> str:
+    """Short number for legends and tables."""
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return f"{x:g}"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.{digits}g}"
+    return f"{x:.{max(digits - 1, 1)}e}"
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=json_default)
+
+
+# ---------------------------------------------------------------------------------------
+# Shared sizes: every experiment uses these unless its config says otherwise, so the batched
+# solver compiles once per run (shapes are static under jit).
+# ---------------------------------------------------------------------------------------
+
+DIMS = dict(d=100, k=5, m=20, n=40)
+TINY_DIMS = dict(d=12, k=2, m=4, n=8)
+CHUNK = 32
+NUM_SAVE = 64
+
+
+def save_times(num_save: int = NUM_SAVE, lo: float = -4.0, hi: float = 3.0) -> np.ndarray:
+    """0, then log-spaced flow times in [10^lo, 10^hi] (lambda_max(X^T X) is about 100 here)."""
+    return np.concatenate([[0.0], np.logspace(lo, hi, num_save - 1)])
+
+
+def gaussian_heads(key, num, k, scale):
+    """`num` heads v0 ~ N(0, scale^2 I_k) (the paper's random head)."""
+    return scale * jax.random.normal(key, (num, k))
+
+
+def tiny(config: dict, **overrides) -> dict:
+    """A smoke-test version of a config: tiny dimensions and chunks, few seeds."""
+    out = dict(config)
+    out.update(dims=TINY_DIMS, chunk=8)
+    out.update(overrides)
+    return out

@@ -1,0 +1,266 @@
+r"""FT's best OOD error over time against the head alignment error $\varphi$ (R5, R6).
+
+Heads $v_0 = u\, a^* + \sigma_\perp \xi_\perp$ ($\xi_\perp \perp a^*$), so
+$\varphi^2 = a^4|u^2 - 1|$ is set by u. For each instance the measured
+$\min_t \sqrt{L_{ood}(t)}$ (over the saved times) is compared with
+
+- the printed bound
+  $\frac{c_\perp}{\sqrt k}\frac{\min(\varphi, \varphi^2/a)}{(1 + a)^2} - \varepsilon$
+  (ICLR submission; THEORY.md shows it is false as stated), and
+- the rigorous replacement $c_\perp \delta_0 - \varepsilon a$ (THEORY.md R5), $\Sigma = I$.
+
+Printed-bound violations are marked. The THEORY.md counterexample (d = 4, k = 1, $v^* = 5$,
+$v_0 = 4.9$) is added as an explicit instance.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import linfeat as lf
+from linfeat import _theory as T
+
+from . import _common as C
+
+# Two groups: the main dimensions with ||v*|| = 1, and k = 1 with ||v*|| = 5, the regime of the
+# THEORY.md counterexample where the printed constant fails (large a, c_perp near 1, k = 1).
+_BASE = dict(
+    seed=3,
+    chunk=C.CHUNK,
+    eps=1e-3,
+    perp_scale=0.05,
+    groups=[dict(a=1.0, dims=C.DIMS), dict(a=5.0, dims=dict(C.DIMS, k=1))],
+)
+# u = 1 (phi = 0 up to the orthogonal part) is left out: its bound is vacuous.
+CONFIGS = {
+    "quick": dict(_BASE, seeds=6, u=[0.0, 0.25, 0.5, 0.75, 0.9, 0.97, 1.03, 1.1, 1.25, 1.5, 2.0]),
+    "full": dict(
+        _BASE,
+        seeds=32,
+        u=[
+            0.0,
+            0.125,
+            0.25,
+            0.375,
+            0.5,
+            0.625,
+            0.75,
+            0.875,
+            0.9,
+            0.95,
+            0.98,
+            0.99,
+            1.01,
+            1.02,
+            1.05,
+            1.1,
+            1.125,
+            1.25,
+            1.375,
+            1.5,
+            1.75,
+            2.0,
+        ],
+    ),
+}
+
+
+def _heads(key, a_star, u, perp_scale):
+    """v0 = u a* + perp_scale * (Gaussian component orthogonal to a*)."""
+    xi = jax.random.normal(key, a_star.shape)
+    a_hat = a_star / jnp.linalg.norm(a_star, axis=-1, keepdims=True)
+    xi = xi - jnp.sum(xi * a_hat, axis=-1, keepdims=True) * a_hat
+    return u[:, None] * a_star + perp_scale * xi
+
+
+def _counterexample():
+    """THEORY.md R5 counterexample: t = 0 already violates the printed bound."""
+    b0 = np.array([[np.sqrt(0.19), 0.0, 0.9, 0.0]])
+    X = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    p = lf.problem_from_arrays(
+        X=X, Y=X @ (5.0 * b0[0]), B0=b0, B_star=b0, v_star=np.array([5.0]), ood_cov=np.eye(4)
+    )
+    tr = lf.fine_tune(p, jnp.array([4.9]), check=False)
+    c_S, c_perp = lf.principal_constants(p)
+    phi = lf.head_alignment_error(p, jnp.array([4.9]))
+    return {
+        "ce_min_sqrt": np.sqrt(np.min(np.asarray(tr.metrics.ood_error))),
+        "ce_t0_sqrt": np.sqrt(np.asarray(tr.metrics.ood_error[0])),
+        "ce_phi": np.asarray(phi),
+        "ce_printed": np.asarray(T.r5_printed_bound(c_perp, 1, phi, 5.0, 0.0)),
+        "ce_rigorous": np.asarray(T.r5_rigorous_bound(c_perp, phi, 5.0, 0.0)),
+        "ce_status": np.asarray(tr.status),
+    }
+
+
+def compute(config, checkpoint=None):
+    ckpt = checkpoint or C.Checkpoint()
+    chunk, S = config["chunk"], config["seeds"]
+    u = np.asarray(config["u"])
+    ts = C.save_times()
+    groups = []
+    for j, group in enumerate(config["groups"]):
+        a, dims = group["a"], group["dims"]
+
+        def one(a=a, j=j, dims=dims):
+            kP, kH = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config["seed"]), j))
+            # seeds x u grid: each problem is used with every u.
+            P1 = C.make_problems(kP, S, dims=dims, chunk=chunk, eps=config["eps"], a=a)
+            P = jax.tree.map(lambda x: jnp.repeat(x, len(u), axis=0), P1)
+            k = C.batch_constants(P)
+            uu = jnp.tile(jnp.asarray(u), S)
+            H = _heads(kH, jnp.asarray(k["a_star"]), uu, config["perp_scale"] * a)
+            # The solver's gradient floor scales like a^3 (see C.solve).
+            ft = C.solve(P, H, ts, chunk=chunk, grad_tol=1e-9 * max(a, 1.0) ** 3)
+            phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
+            return {
+                "a": np.full(phi.shape, a),
+                "k": np.full(phi.shape, dims["k"]),
+                "u": np.asarray(uu),
+                "phi": phi,
+                "min_sqrt": np.sqrt(
+                    np.minimum(ft["metric_ood_error"].min(axis=1), ft["final_ood_error"])
+                ),
+                "t0_sqrt": np.sqrt(ft["metric_ood_error"][:, 0]),
+                "printed": np.asarray(
+                    T.r5_printed_bound(k["c_perp"], dims["k"], phi, k["a"], k["eps"])
+                ),
+                "rigorous": np.asarray(T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"])),
+                "c_perp": k["c_perp"],
+                "status": ft["status"],
+            }
+
+        groups.append(ckpt.run(f"norm{j}", one))
+    out = {key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
+    out.update(ckpt.run("counterexample", _counterexample))
+    out["nonconverged"] = np.array(int(np.sum(out["status"] != 0) + int(out["ce_status"] != 0)))
+    out["printed_violations"] = np.array(int(np.sum(out["min_sqrt"] < out["printed"])))
+    out["rigorous_violations"] = np.array(
+        int(np.sum(out["min_sqrt"] < out["rigorous"] * (1 - 1e-9)))
+    )
+    pos = out["printed"] > 0
+    out["min_ratio_printed"] = np.array(np.min(out["min_sqrt"][pos] / out["printed"][pos]))
+    posr = out["rigorous"] > 0
+    out["min_ratio_rigorous"] = np.array(np.min(out["min_sqrt"][posr] / out["rigorous"][posr]))
+    return out
+
+
+def plot(results, config, outdir):
+    plt = C.pyplot()
+    r = results
+    groups = config["groups"]
+    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.2 * (len(groups) + 1), 3.9))
+    for ax, group in zip(axes, groups):
+        a, k = group["a"], group["dims"]["k"]
+        sel = r["a"] == a
+        phi = r["phi"][sel]
+        ax.plot(
+            phi,
+            r["min_sqrt"][sel],
+            "o",
+            ms=3,
+            mfc="none",
+            color=C.COLORS["FT"],
+            label="FT: $\\min_t \\sqrt{L_{ood}(t)}$ (measured)",
+        )
+        order = np.argsort(phi)
+        pr, rg = r["printed"][sel], r["rigorous"][sel]
+        ax.plot(
+            phi[order],
+            np.where(pr[order] > 0, pr[order], np.nan),
+            ".",
+            ms=3,
+            color=C.COLORS["printed"],
+            label="printed R5 bound (per instance)",
+        )
+        ax.plot(
+            phi[order],
+            np.where(rg[order] > 0, rg[order], np.nan),
+            ".",
+            ms=3,
+            color=C.COLORS["rigorous"],
+            label="rigorous R5 bound (per instance)",
+        )
+        # Bound curves with the median c_perp.
+        grid = np.logspace(np.log10(max(phi[phi > 0].min(), 1e-3)), np.log10(phi.max()), 200)
+        cp = float(np.median(r["c_perp"][sel]))
+        ax.plot(
+            grid,
+            np.asarray(T.r5_printed_bound(cp, k, grid, a, config["eps"])),
+            color=C.COLORS["printed"],
+            lw=1,
+        )
+        ax.plot(
+            grid,
+            np.asarray(T.r5_rigorous_bound(cp, grid, a, config["eps"])),
+            color=C.COLORS["rigorous"],
+            lw=1,
+        )
+        bad = sel & (r["min_sqrt"] < r["printed"])
+        if np.any(bad):
+            ax.plot(
+                r["phi"][bad],
+                r["min_sqrt"][bad],
+                "x",
+                color="k",
+                ms=7,
+                mew=1.5,
+                label=f"printed bound violated ({int(bad.sum())})",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("head alignment error $\\varphi$")
+        ax.set_ylabel("$\\sqrt{L_{ood}}$")
+        ax.set_title(f"(R5) $\\|v^*\\| = {a:g}$, $k = {k}$, $\\varepsilon = {config['eps']:g}$")
+        ax.legend(fontsize=6.3, loc="lower right")
+    ax = axes[-1]
+    pos = r["printed"] > 0
+    ratio = r["min_sqrt"][pos] / r["printed"][pos]
+    viol = ratio < 1
+    ax.plot(
+        r["phi"][pos][~viol],
+        ratio[~viol],
+        "o",
+        ms=3,
+        mfc="none",
+        color=C.COLORS["printed"],
+        label="random instances",
+    )
+    ax.plot(r["phi"][pos][viol], ratio[viol], "x", ms=6, color="k", label="violations")
+    ax.plot(
+        [r["ce_phi"]],
+        [r["ce_min_sqrt"] / r["ce_printed"]],
+        "*",
+        ms=12,
+        color="#ff7f0e",
+        label=f"THEORY.md counterexample (ratio {C.fmt(r['ce_min_sqrt'] / r['ce_printed'], 3)})",
+    )
+    posr = r["rigorous"] > 0
+    ax.plot(
+        r["phi"][posr],
+        r["min_sqrt"][posr] / r["rigorous"][posr],
+        ".",
+        ms=3,
+        color=C.COLORS["rigorous"],
+        label="rigorous bound (measured / bound)",
+    )
+    ax.axhline(1.0, color="k", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("$\\varphi$")
+    ax.set_ylabel("measured / bound")
+    ax.set_title(
+        f"(R5) printed: min ratio {C.fmt(r['min_ratio_printed'], 3)}; "
+        f"rigorous: {C.fmt(r['min_ratio_rigorous'], 3)}"
+    )
+    ax.legend(fontsize=6.3, loc="upper right")
+    fig.suptitle(
+        f"ft_lower_bound: {int(r['printed_violations'])} printed-bound violations, "
+        f"{int(r['rigorous_violations'])} rigorous-bound violations among {r['phi'].size} FT runs "
+        f"(min over {C.NUM_SAVE} saved times); non-converged {int(r['nonconverged'])}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return C.savefig(fig, outdir, "ft_lower_bound")
