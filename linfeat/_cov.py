@@ -13,6 +13,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._linalg import singular_values
+
 
 class SubspaceCov(NamedTuple):
     r"""Structured second moment $\Sigma = a\,\Pi_S + b\,\Pi_{S^\perp} + L L^T$.
@@ -89,7 +91,7 @@ def eig_range(cov: Cov, d: int, m: int) -> tuple[Float[Array, ""], Float[Array, 
     """
     if isinstance(cov, SubspaceCov):
         lo = jnp.minimum(cov.scale_S, cov.scale_perp) if m < d else cov.scale_S
-        top = jnp.linalg.norm(cov.factor, ord=2) ** 2 if cov.factor.shape[1] else 0.0
+        top = singular_values(cov.factor.T)[0] ** 2 if cov.factor.shape[1] else 0.0
         return lo, jnp.maximum(cov.scale_S, cov.scale_perp) + top
     # Symmetrise so that eigvalsh sees exactly the matrix whose quadratic form we use.
     w = jnp.linalg.eigvalsh(0.5 * (cov + cov.T))

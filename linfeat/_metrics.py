@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._cov import quad_form
-from ._linalg import row_space_basis
+from ._linalg import row_space_basis, singular_values
 from ._problem import Problem
 from ._reduce import Reduced
 
@@ -71,7 +71,7 @@ def feature_alignment(
     """
     P, _, Qt = jnp.linalg.svd(B @ B_star.T)
     U = P @ Qt
-    return jnp.linalg.norm(B - U @ B_star, ord=2), U
+    return singular_values(B - U @ B_star)[0], U
 
 
 def feature_distance(B: Float[Array, "k d"], B_star: Float[Array, "k d"]) -> Float[Array, ""]:
@@ -107,8 +107,8 @@ def gradient_norm(problem, v, B, *, train_features: bool = True) -> Float[Array,
 def principal_constants(problem) -> tuple[Float[Array, ""], Float[Array, ""]]:
     r"""$(c_S, c_\perp) = (\sigma_k(\Pi_S B_0^T), \sigma_k(\Pi_{S^\perp} B_0^T))$ (THEORY.md §1)."""
     BS = project_S(problem, problem.B0)
-    sS = jnp.linalg.svd(BS, compute_uv=False)
-    sP = jnp.linalg.svd(problem.B0 - BS, compute_uv=False)
+    sS = singular_values(BS)
+    sP = singular_values(problem.B0 - BS)
     return sS[-1], sP[-1]
 
 

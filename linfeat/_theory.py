@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._linalg import singular_values
+
 # Shape-annotated aliases (jaxtyping), defined once so the annotations stay short.
 Scalar = Float[ArrayLike, ""]
 Head = Float[ArrayLike, " k"]
@@ -59,7 +61,7 @@ def procrustes(B0: Features, B_star: Features) -> tuple[Rotation, ScalarOut]:
     B_star = jnp.asarray(B_star)
     P, _, Qt = jnp.linalg.svd(B0 @ B_star.T)
     U = P @ Qt
-    dist = jnp.linalg.norm(B0 - U @ B_star, ord=2)
+    dist = singular_values(B0 - U @ B_star)[0]  # no d x d workspace (see _linalg)
     return U, dist
 
 
@@ -85,7 +87,7 @@ def principal_angle_distance(B0: Features, B_star: Features) -> ScalarOut:
     overlap = B0 @ B_star.T
     cosines = jnp.linalg.svd(overlap, compute_uv=False)
     # Rows of B0 minus their projection on rowspace(B*): singular values are sin(theta_i).
-    sines = jnp.linalg.svd(B0 - overlap @ B_star, compute_uv=False)
+    sines = singular_values(B0 - overlap @ B_star)
     # atan2 needs no clipping: a cosine rounded above 1 only moves theta by O(eps).
     theta_max = jnp.arctan2(jnp.max(sines), jnp.min(cosines))
     return 2.0 * jnp.sin(theta_max / 2.0)
@@ -105,7 +107,7 @@ def kappa(X: Inputs) -> ScalarOut:
         $\kappa(X) \ge 1$.
     """
     X = jnp.asarray(X)
-    s = jnp.linalg.svd(X, compute_uv=False)
+    s = singular_values(X) if X.shape[0] <= X.shape[1] else singular_values(X.T)
     s_max = jnp.max(s)
     cut = max(X.shape) * jnp.finfo(s.dtype).eps * s_max
     s_min_pos = jnp.min(jnp.where(s > cut, s, jnp.inf))
@@ -502,7 +504,7 @@ def problem_constants(problem, v0: Head) -> ProblemConstants:
     c_S, c_perp = principal_constants(problem)
     X = problem.X
     kap = kappa(X)
-    sigma2_min = (jnp.linalg.norm(X, ord=2) / kap) ** 2
+    sigma2_min = (singular_values(X)[0] / kap) ** 2
     n, d = X.shape
     lam_min, lam_max = eig_range(problem.ood_cov, d, min(n, d))
     if isinstance(problem.ood_cov, SubspaceCov):
