@@ -6,6 +6,8 @@ Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022. Re
 float64 yourself (`jax.config.update("jax_enable_x64", True)`) for tight checks.
 """
 
+from ._batched import fine_tune_batch as fine_tune_batch
+from ._batched import sweep as sweep
 from ._closed_form import linear_probe as linear_probe
 from ._cov import SubspaceCov as SubspaceCov
 from ._cov import subspace_cov as subspace_cov
@@ -40,6 +42,8 @@ from ._problem import orthonormalize_rows as orthonormalize_rows
 from ._problem import problem_from_arrays as problem_from_arrays
 from ._reduce import Reduced as Reduced
 from ._reduce import reduce as reduce
+from ._sharding import batch_mesh as batch_mesh
+from ._sharding import shard_sweep as shard_sweep
 from ._validate import TheoryConditionWarning as TheoryConditionWarning
 
 __version__ = "0.1.0"

@@ -1,0 +1,43 @@
+"""Sharded sweeps on 4 host devices equal one device (run in a subprocess: XLA_FLAGS must be
+set before JAX starts)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+CODE = textwrap.dedent(
+    """
+    import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import linfeat as lf
+    from linfeat._batched import fine_tune_batch
+    from linfeat._sharding import batch_mesh, shard_sweep
+    assert len(jax.devices()) == 4
+    keys = jax.random.split(jax.random.key(0), 10)
+    probs = jax.vmap(lambda k: lf.make_problem(k, d=60, k=3, m=8, feature_error=0.5))(keys)
+    v0s = jax.random.normal(jax.random.key(1), (10, 3))
+    one = fine_tune_batch(probs, v0s, batch_size=None)
+    four = shard_sweep(probs, v0s, devices=4)
+    assert np.all(np.asarray(four.status) == 0)
+    # Per-lane arithmetic is the same; only the shard shapes (10 lanes vs 3 per device, padded)
+    # change BLAS blocking, so results agree to rounding, far inside the solver tolerance.
+    for name in ("v", "B_coords", "v_final", "B_coords_final"):
+        a, b = np.asarray(getattr(one, name)), np.asarray(getattr(four, name))
+        assert a.shape == b.shape, name
+        assert np.max(np.abs(a - b)) < 1e-10, (name, np.max(np.abs(a - b)))
+    np.testing.assert_array_equal(np.asarray(one.basis), np.asarray(four.basis))
+    mesh = batch_mesh(4)
+    assert mesh.axis_names == ("batch",)
+    print("OK")
+    """
+)
+
+
+def test_four_devices_equal_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = subprocess.run(
+        [sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK" in proc.stdout
