@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._linalg import singular_values
-from ._metrics import feature_alignment
 
 # Shape-annotated aliases (jaxtyping), defined once so the annotations stay short.
 Scalar = Float[ArrayLike, ""]
@@ -58,8 +57,11 @@ def procrustes(B0: Features, B_star: Features) -> tuple[Rotation, ScalarOut]:
     Returns:
         `(U, dist)`: the orthogonal (k, k) factor and $\|B_0 - U B^*\|_2$.
     """
-    # One implementation of the alignment: the metric's (`linfeat.feature_alignment`).
-    dist, U = feature_alignment(jnp.asarray(B0), jnp.asarray(B_star))
+    B0 = jnp.asarray(B0)
+    B_star = jnp.asarray(B_star)
+    P, _, Qt = jnp.linalg.svd(B0 @ B_star.T)
+    U = P @ Qt
+    dist = singular_values(B0 - U @ B_star)[0]  # no d x d workspace (see _linalg)
     return U, dist
 
 
@@ -495,7 +497,7 @@ def problem_constants(problem, v0: Head) -> ProblemConstants:
         A `ProblemConstants`.
     """
     from ._cov import SubspaceCov, eig_range
-    from ._metrics import principal_constants
+    from ._metrics import feature_alignment, principal_constants
 
     eps, U = feature_alignment(problem.B0, problem.B_star)
     a_star = U @ problem.v_star
