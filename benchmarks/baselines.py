@@ -17,7 +17,10 @@ import linfeat as lf
 
 
 def scipy_dop853(p, v0, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, t_max=None):
-    """(a) `solve_ivp(method="DOP853")` on the full state with a terminal gradient event."""
+    """(a) `solve_ivp(method="DOP853")` on the full state with a terminal gradient event.
+
+    Returns (final w, stop time, number of field evaluations).
+    """
     X, Y, B0 = (np.asarray(a) for a in (p.X, p.Y, p.B0))
     k, d = B0.shape
 
@@ -38,9 +41,10 @@ def scipy_dop853(p, v0, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, t_max=None):
     sol = solve_ivp(
         field, (0.0, t_end), y0, method="DOP853", rtol=rtol, atol=atol, t_eval=ts, events=converged
     )
-    y = sol.y[:, -1]
+    y = sol.y[:, -1] if sol.t_events[0].size == 0 else sol.y_events[0][0]
+    t_stop = sol.t[-1] if sol.t_events[0].size == 0 else sol.t_events[0][0]
     v, B = y[:k], y[k:].reshape(k, d)
-    return B.T @ v, sol.nfev
+    return B.T @ v, float(t_stop), sol.nfev
 
 
 def diffrax_full(p, v0, t_max=None, **kw):
@@ -111,7 +115,9 @@ def gd_error_and_cost(p, v0, w_ref, etas, *, horizon_factor=3.0, t_final=1.0):
 
 
 def diffrax_full_raw(p, v0, t_max, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, num_save=64):
-    """(b) diffrax Tsit5 on the full (v, B) state, written directly (no metrics): returns w.
+    """(b) diffrax Tsit5 on the full (v, B) state, written directly (no metrics).
+
+    Returns (final w, number of steps, stop time).
 
     `lf.fine_tune(mode="full")` also evaluates the metrics in R^d, which ran out of memory at
     d = 1e4; this is the plain solve a researcher would write.
@@ -137,4 +143,4 @@ def diffrax_full_raw(p, v0, t_max, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, num
         event=diffrax.Event(converged), max_steps=100_000, throw=False,
     )  # fmt: skip
     v, B = (x[0] for x in sol.ys[1])
-    return B.T @ v, sol.stats["num_steps"]
+    return B.T @ v, sol.stats["num_steps"], sol.ts[1][0]

@@ -93,9 +93,10 @@ def test_no_recompile_on_second_call(batch):
     probs, v0s = batch
     bt.fine_tune_batch(probs, v0s, with_metrics=False)
     ops = bt._ops(None, num_save=64, train_features=True, lp_init=False, outputs="full",
-                  with_metrics=False, solver="dopri8", segment=64)  # fmt: skip
-    fns = (ops.setup, ops.init, ops.advance, ops.finish, ops.trajectory)
+                  with_metrics=False, solver="rodas5p", segment=64)  # fmt: skip
+    fns = (ops.setup, ops.init, ops.load, ops.advance, ops.store, ops.finish, ops.trajectory)
     before = [f._cache_size() for f in fns]
+    assert all(n >= 1 for n in before)  # these are the functions the call above compiled
     bt.fine_tune_batch(probs, v0s + 0.1, with_metrics=False)
     assert [f._cache_size() for f in fns] == before
 
@@ -112,3 +113,57 @@ def test_sweep_resumes_from_checkpoints(tmp_path):
     np.testing.assert_array_equal(a.v_final, b.v_final)
     assert a.v_final.shape == (5, 2) and a.basis is None and a.B_coords is None
     assert np.all(a.status == lf.Status.CONVERGED)
+
+
+@pytest.mark.parametrize("train_features", [1.0, 0.0])
+def test_rosenbrock_linear_solve_matches_dense_jacobian(train_features):
+    # The k x k reduction of (I - alpha J) x = r (`_linearize`) against the dense Jacobian of
+    # the field from jax.jacfwd, solved by NumPy.
+    rng = np.random.default_rng(0)
+    b, k, r = 3, 3, 5
+    v = jnp.asarray(rng.normal(size=(b, k)))
+    A = jnp.asarray(rng.normal(size=(b, k, r)))
+    c = bt._Consts(
+        sigma2=jnp.asarray(rng.uniform(0.01, 3.0, (b, r))), g=jnp.asarray(rng.normal(size=(b, r))),
+        ts=None, t1=None, rtol=None, atol=None, grad_tol=None,
+        train_features=jnp.asarray(train_features),
+    )  # fmt: skip
+    rho = np.linalg.norm(np.asarray(bt._residual(v, A, c)), axis=1)
+    alpha = jnp.asarray(0.3 / (1.0 + rho))  # inside the step cap: 4 alpha^2 |rho|^2 < 1/2
+    rv, rA = jnp.asarray(rng.normal(size=(b, k))), jnp.asarray(rng.normal(size=(b, k, r)))
+    dv, dA = bt._linear_solve(bt._linearize(v, A, c, alpha), rv, rA)
+    for i in range(b):
+        ci = jax.tree.map(lambda x: x[i : i + 1] if x is not None and x.ndim else x, c)
+
+        def f(y, ci=ci):
+            fv, fA = bt._field(y[None, :k], y[None, k:].reshape(1, k, r), ci)
+            return jnp.concatenate([fv[0], fA[0].ravel()])
+
+        y = jnp.concatenate([v[i], A[i].ravel()])
+        J = np.asarray(jax.jacfwd(f)(y))
+        x = np.linalg.solve(np.eye(len(y)) - float(alpha[i]) * J,
+                            np.concatenate([rv[i], np.ravel(rA[i])]))  # fmt: skip
+        np.testing.assert_allclose(dv[i], x[:k], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.ravel(dA[i]), x[k:], rtol=1e-10, atol=1e-12)
+
+
+def test_rodas5p_on_stiff_square_X_matches_dopri8():
+    # n = m: kappa(X^T X) is large and the flow stiff. Both solvers integrate to the same
+    # fixed horizon, long after the data are fit, and save on the same grid (Rodas5P through
+    # its dense output, Dopri8 by landing on the save times); both run at rtol 1e-12, so they
+    # agree to ~1e-9. Explicit steps grow linearly with the horizon (stability), Rodas5P's
+    # do not.
+    keys = jax.random.split(jax.random.key(7), 4)
+    probs = jax.vmap(lambda k: lf.make_problem(k, d=40, k=3, m=8, n=8, feature_error=0.5))(keys)
+    v0s = jax.random.normal(jax.random.key(8), (4, 3))
+    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-2, 3, 11)])
+    kw = dict(ts=ts, t_max=1e3, grad_tol=0.0, with_metrics=False)
+    ros = bt.fine_tune_batch(probs, v0s, solver="rodas5p", **kw)
+    ex = bt.fine_tune_batch(probs, v0s, solver="dopri8", **kw)
+    assert np.all(np.asarray(ros.status) == lf.Status.MAX_TIME)
+    assert np.all(np.asarray(ex.status) == lf.Status.MAX_TIME)
+    np.testing.assert_allclose(ros.v, ex.v, atol=1e-9)
+    np.testing.assert_allclose(ros.B_coords, ex.B_coords, atol=1e-9)
+    np.testing.assert_allclose(ros.B_coords_final, ex.B_coords_final, atol=1e-9)
+    # the point of the implicit method: far fewer steps where the explicit one is stiff
+    assert np.sum(ros.num_steps) * 5 < np.sum(ex.num_steps)
