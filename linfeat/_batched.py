@@ -488,10 +488,11 @@ def _finish(lanes: _State, saves: _Saves) -> _Saves:
 
 
 class _Setup(NamedTuple):
-    red: Any  # Reduced, batched
+    red: Any  # Reduced, batched (None where only the solve's inputs travel)
     consts: _Consts
     v0: Float[Array, "b k"]
     A0: Float[Array, "b k r"]
+    B0: Float[Array, "b k p"]  # B0 in the basis of each lane
 
 
 def _setup(problems, v0s, ts, t_max, rtol, atol, grad_tol, *, num_save, train_features, lp_init):
@@ -512,29 +513,30 @@ def _setup(problems, v0s, ts, t_max, rtol, atol, grad_tol, *, num_save, train_fe
     t1 = jnp.maximum(ts[:, -1], t_max)
     tf = jnp.asarray(1.0 if train_features else 0.0, dtype)
     c = _Consts(red.sigma2, red.g, ts, t1, rtol, atol, grad_tol, tf)
-    return _Setup(red, c, v0s, red.B0[:, :, :r])
+    return _Setup(red, c, v0s, red.B0[:, :, :r], red.B0)
 
 
 def _trajectory(setup: _Setup, s: _State, saves: _Saves, *, train_features, outputs, with_metrics):
     """Embeds the saved reduced states in the basis of each lane and evaluates the metrics."""
     red, c = setup.red, setup.consts
-    r = red.sigma2.shape[-1]
+    r = c.sigma2.shape[-1]
 
     def embed(Ar, B0):
         return jnp.concatenate(
             [Ar, jnp.broadcast_to(B0[:, r:], Ar.shape[:-1] + (B0.shape[1] - r,))], -1
         )
 
-    def one(red_i, v_t, A_t, v0, Af):
-        B_t = embed(A_t, red_i.B0)
+    def one(B0, red_i, v_t, A_t, v0, Af):
+        B_t = embed(A_t, B0)
         mets = None
         if with_metrics:
             mets = jax.vmap(
-                lambda v, B: metrics(red_i, v, B, v0, red_i.B0, train_features=train_features)
+                lambda v, B: metrics(red_i, v, B, v0, B0, train_features=train_features)
             )(v_t, B_t)
-        return B_t, mets, embed(Af, red_i.B0)
+        return B_t, mets, embed(Af, B0)
 
-    B_t, mets, B_final = jax.vmap(one)(red, saves.v, saves.A, setup.v0, s.A)
+    red_in = red if with_metrics else None
+    B_t, mets, B_final = jax.vmap(one)(setup.B0, red_in, saves.v, saves.A, setup.v0, s.A)
     full = outputs == "full"
     return Trajectory(
         ts=c.ts,
@@ -587,6 +589,8 @@ def _ops(mesh, *, num_save, train_features, lp_init, outputs, with_metrics, solv
         # metrics) inside shard_map deadlocked on a 4-device CPU mesh (thread-pool starvation),
         # and they are a small, one-off part of the cost. The integrator uses none.
         sharded = ("init", "load", "advance", "store", "finish")
+        if not with_metrics:  # no LAPACK call left in the output assembly either
+            sharded += ("trajectory",)
         fns = {name: shard_lanes(f, mesh) if name in sharded else f for name, f in fns.items()}
         multiple, put = mesh.size, functools.partial(put_lanes, mesh=mesh)
     donate = {"advance": (0, 3), "store": (0,), "finish": (1,)}
@@ -595,7 +599,7 @@ def _ops(mesh, *, num_save, train_features, lp_init, outputs, with_metrics, solv
 
 
 def integrate_reduced(
-    ops: _Ops, v0, A0, c: _Consts, *, max_steps: int, lanes: int = 256
+    ops: _Ops, v0, A0, c: _Consts, *, max_steps: int, lanes: int = 128
 ) -> tuple[_State, _Saves]:
     """Runs every lane to its stop with a pool of `lanes` slots fed from a queue.
 
@@ -630,7 +634,9 @@ def integrate_reduced(
         if (slots == _NO_LANE).all():
             break
         if fresh:
-            idx = ops.put(slots.reshape(-1))
+            # a copy: the host-to-device transfer may read its buffer after `put` returns
+            # (seen with sharded arrays), and `slots` is updated in place below
+            idx = ops.put(slots.reshape(-1).copy())
             pool, pool_c = ops.load(state, c, idx)
         pool, saves = ops.advance(pool, pool_c, idx, saves, max_steps)
         done = (np.asarray(pool.status).reshape(D, w) != RUNNING) & (slots != _NO_LANE)
@@ -638,6 +644,19 @@ def integrate_reduced(
             state = ops.store(state, pool, idx)
             slots[done] = _NO_LANE
     return state, saves
+
+
+def assemble(ops: _Ops, setup: _Setup, s: _State, saves: _Saves, *, mesh, with_metrics):
+    """The `Trajectory` of a finished batch (metrics too if the ops compute them)."""
+    if mesh is not None and not with_metrics:  # assembled on the devices, outputs sharded
+        put = lambda x: ops.put(np.asarray(x))  # noqa: E731
+        light = setup._replace(red=None, B0=put(setup.B0), v0=put(setup.v0), A0=put(setup.A0))
+        return ops.trajectory(light, s, saves)
+    if mesh is not None:  # the metrics' SVDs run unsharded (see `_ops`): a host round trip
+        local = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)  # noqa: E731
+        s, saves = local(s), local(saves)
+        setup = setup._replace(consts=local(setup.consts))
+    return ops.trajectory(setup, s, saves)
 
 
 def _solve_batch(
@@ -693,12 +712,10 @@ def _solve_batch(
         ops, ops.put(np.asarray(setup.v0)), ops.put(np.asarray(setup.A0)), setup.consts,
         max_steps=max_steps, lanes=lanes,
     )  # fmt: skip
+    if np.any(np.asarray(s.status) == RUNNING):  # every lane must have stopped
+        raise RuntimeError("internal error: the lane pool returned lanes that never stopped")
     saves = ops.finish(s, saves)
-    if mesh is not None:
-        local = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)  # noqa: E731
-        s, saves = local(s), local(saves)
-        setup = setup._replace(consts=local(setup.consts))
-    tr = ops.trajectory(setup, s, saves)
+    tr = assemble(ops, setup, s, saves, mesh=mesh, with_metrics=with_metrics)
     return tr._replace(basis=setup.red.basis if outputs == "full" else None)
 
 
@@ -737,8 +754,8 @@ def fine_tune_batch(
     with_metrics: bool = True,
     solver: str = "rodas5p",
     mesh=None,
-    segment: int = 64,
-    lanes: int = 256,
+    segment: int = 128,
+    lanes: int = 128,
 ) -> Trajectory:
     r"""FT (or LP-FT, LP) for a batch of problems with one batched adaptive solver.
 

@@ -93,7 +93,7 @@ def test_no_recompile_on_second_call(batch):
     probs, v0s = batch
     bt.fine_tune_batch(probs, v0s, with_metrics=False)
     ops = bt._ops(None, num_save=64, train_features=True, lp_init=False, outputs="full",
-                  with_metrics=False, solver="rodas5p", segment=64)  # fmt: skip
+                  with_metrics=False, solver="rodas5p", segment=128)  # fmt: skip
     fns = (ops.setup, ops.init, ops.load, ops.advance, ops.store, ops.finish, ops.trajectory)
     before = [f._cache_size() for f in fns]
     assert all(n >= 1 for n in before)  # these are the functions the call above compiled
