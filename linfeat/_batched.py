@@ -848,8 +848,8 @@ def sweep(
     r"""Builds and solves a large sweep chunk by chunk in bounded memory.
 
     `instance(p)` maps one slice of `params` (a pytree with a leading axis, e.g. PRNG keys, or
-    a tuple of keys and knobs) to `(problem, v0)`; it is vmapped and jitted with the solver
-    per chunk, so only `batch_size` problems ever exist at once. Results move to host memory
+    a tuple of keys and knobs) to `(problem, v0)`; it is mapped over a chunk (`lax.map`) and
+    jitted, so only `batch_size` problems ever exist at once. Results move to host memory
     per chunk. With `checkpoint_dir`, every finished chunk is written there
     (`chunk_<start>.npz`) and a rerun skips the chunks already on disk.
 
@@ -869,7 +869,9 @@ def sweep(
     N = leaves[0].shape[0]
     mesh = solver_kwargs.get("mesh")
     spans, size = _chunks(N, batch_size, 1 if mesh is None else mesh.size)
-    build = jax.jit(jax.vmap(instance))
+    # lax.map, not vmap: jit(vmap(make_problem)) hangs on CPU (jax 0.10.2) for d >= 200 and
+    # 8 or more keys (README, "Known problems"); the problems are built one after the other.
+    build = jax.jit(lambda ps: jax.lax.map(instance, ps))
     parts = []
     for lo, hi in _progress(spans, progress, "chunks"):
         path = (
