@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--devices",
         type=int,
         default=1,
-        help="host CPU devices for sharded sweeps (default 1; a 2-device run hung once, see BENCHMARKS.md)",  # noqa: E501
+        help="host CPU devices for the sharded rows (default 1: none; BENCHMARKS.md used 2)",
     )
     parser.add_argument(
         "--out", default=str(Path(__file__).with_name("results.json")), help="JSON output path"
