@@ -114,7 +114,11 @@ def rss_of_sweep(n: int, batch_size: int, devices: int) -> dict:
         "from benchmarks import suite;"
         f"t=time.perf_counter(); out=suite.memory_sweep({n}, {batch_size});"
         "out['wall_s']=time.perf_counter()-t;"
-        "out['peak_rss_gb']=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20;"
+        # VmHWM (this process's own peak), not ru_maxrss: on Linux a child's ru_maxrss starts
+        # from its parent's RSS at fork, which made a first run report the runner's 17 GB
+        "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
+        "out['peak_rss_gb']=int(hwm[0].split()[1])/2**20 if hwm else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20;"
         "print('RESULT'+json.dumps(out))"
     )
     env = dict(os.environ)
