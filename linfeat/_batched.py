@@ -162,7 +162,7 @@ def _combine(y, h, ws, ks):
 
 
 def _explicit_attempt(s: _State, c: _Consts, h, tab: _Tableau):
-    """One explicit FSAL Runge-Kutta attempt: (v1, A1, f(v1, A1), error vector)."""
+    """One explicit FSAL Runge-Kutta attempt: (v1, A1, f(v1, A1), error vector, None)."""
     hv, hA = h[:, None], h[:, None, None]
     kv, kA = [s.fv], [s.fA]
     for row in tab.a:  # the last row gives y1 (FSAL), whose field starts the next step
@@ -316,7 +316,11 @@ def _linear_solve(L: _Linear, rv, rA):
 
 
 def _rosenbrock_attempt(s: _State, c: _Consts, h, tab: _Rosenbrock):
-    """One Rosenbrock attempt with the exact Jacobian at (v, A): (v1, A1, f1, error)."""
+    """One Rosenbrock attempt with the exact Jacobian at (v, A).
+
+    Returns (v1, A1, f(v1, A1), the error estimate u_s, and the stage increments for the
+    dense output), like `_explicit_attempt` (whose last item is None).
+    """
     alpha = tab.gamma * h
     L = _linearize(s.v, s.A, c, alpha)
     av, aA = alpha[:, None], alpha[:, None, None]
