@@ -233,7 +233,8 @@ _RODAS5P = _Rosenbrock(
 # Steps of the Rosenbrock solver are capped so that 4 (h gamma)^2 |rho|^2 <= 1/2; then the
 # k x k system below is symmetric positive definite with eigenvalues >= 1/2. The cap is the
 # time scale of the field's non-stiff saddle part (eigenvalues +-2|rho|), which accuracy
-# resolves anyway: it never bound in the benchmarks' problems.
+# resolves anyway: removing it changed no step count on 1024 `small` problems with n = m and
+# 1024 with n = 2m, at rtol 1e-8 and 1e-12 (benchmarks/profiling/step_cap.py).
 _CAP = 0.5**1.5
 
 
