@@ -97,16 +97,6 @@ def render(res: dict) -> str:
                 f"{r.get('rel_err_diffrax_full', float('nan')):.1e} |"
             )
             out[-1] = out[-1].replace("| nan ", "| – ")  # measured at d = 1e4 only
-    if res.get("convergence"):
-        out += ["", "Time to convergence (`small`, n = 40, 64 saved points):", ""]
-        out += [
-            "| grad_tol | batch | converged | steps mean | run s |",
-            "|---:|---:|---:|---:|---:|",
-        ]
-        for r in res["convergence"]:
-            out.append(
-                f"| {r['grad_tol']:.0e} | {r['batch']} | {r['converged']:.1%} | {r['steps_mean']:.0f} | {r['run_s']:.2f} |"
-            )
     if res.get("memory"):
         mm = res["memory"]
         out += ["", f"Bounded-memory sweep (fresh process): {json.dumps(mm)}"]
