@@ -1,10 +1,10 @@
 r"""Closed-form oracles: the width-one ($k = 1$) flow, the 2-D toy of Figure 2 and R12(b).
 
-THEORY.md section 4 (closed forms useful as oracles) and R12(b). Every function is written
+docs/theory.md, section 5 (closed forms useful as oracles) and R12(b). Every function is written
 for one instance, is pure JAX (jit, vmap and float32/float64 friendly) and broadcasts its
 numeric arguments elementwise; batch with `jax.vmap` at the edge.
 
-Time convention (THEORY.md sections 1–2): the training loss is unnormalised,
+Time convention (docs/theory.md sections 1–2): the training loss is unnormalised,
 $\hat L = \|X B^T v - Y\|^2$, and the flow is $\dot v = -\nabla_v \hat L$,
 $\dot B = -\nabla_B \hat L$. For $k = 1$, $B = b^T$, whitened ID data $X^T X = s \Pi_S$ and
 $\Pi_S b_0 \parallel \omega = \Pi_S w^*$, the flow reduces to two scalars $(v, \alpha)$ in
@@ -14,6 +14,10 @@ $v' = -\alpha (v\alpha - y)$, $\alpha' = -v (v\alpha - y)$.
 The root-find and the two limit functions are wrapped in `jax.jit` (compiled once per shape
 and dtype, so eager calls do not dispatch the loop op by op; nesting inside a user's jit or
 vmap is free).
+Arguments are validated before anything is compiled: every numeric argument must be real and
+finite (integer arrays are rejected: pass floats), times ($t$, $\tau$) must be $\ge 0$, the
+data scale $s$ must be $> 0$, and the shapes must broadcast; a `ValueError` names the argument.
+Under `jit`/`vmap` the values are tracers and only dtypes and shapes are checked.
 The root-find in `k1_trajectory` has a fixed iteration count, so results are not
 meaningfully differentiable with respect to the inputs; use the flow solvers for gradients.
 """
@@ -24,7 +28,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
+
+from . import _validate as V
 
 # Safeguarded Newton: every rejected Newton step halves the bracket and every accepted one is
 # at most half the previous step. Pure bisection needs log2(s_max / (s_min eps)) steps to reach
@@ -43,7 +50,7 @@ class K1Trajectory(NamedTuple):
 
 
 class Toy2DLimit(NamedTuple):
-    r"""Limits of FT and LP in the 2-D toy of Figure 2 (THEORY.md section 4).
+    r"""Limits of FT and LP in the 2-D toy of Figure 2 (docs/theory.md, section 5).
 
     Attributes:
         v_inf: FT limit head $v_\infty$ (signed).
@@ -75,7 +82,7 @@ class R12Toy(NamedTuple):
     Attributes:
         lp_error: $\|w_{lp} - w^*\|^2 = a^2 + v_0^2$.
         ft_error: $\|w_{ft}^\infty - w^*\|^2 = v_\infty^2$ (0-limit cases: see `r12_toy`).
-        ft_wins: `ft_error < lp_error` (strict).
+        ft_wins: whether FT strictly wins, `linfeat._theory.r12_ft_wins` (the single source).
         v_inf: FT limit head.
     """
 
@@ -83,6 +90,32 @@ class R12Toy(NamedTuple):
     ft_error: Float[Array, "*batch"]
     ft_wins: Bool[Array, "*batch"]
     v_inf: Float[Array, "*batch"]
+
+
+def _check_args(times: dict | None = None, positive: dict | None = None, **finite) -> None:
+    """Validates the oracles' arguments before anything is compiled.
+
+    `times` (flow or scaled times) must be finite and >= 0, `positive` finite and > 0, the
+    rest finite; all real (integer arrays rejected, scalars of any real type fine) and
+    broadcast-compatible. Values are checked entrywise when concrete and skipped when traced
+    (a traced negative time gives a meaningless state, not an error).
+    """
+    times, positive = times or {}, positive or {}
+    for name, x in times.items():
+        V.check_nonneg(name, x, fix="the flow starts at t = 0; closed forms are for t >= 0.")
+    for name, x in positive.items():
+        V.check_positive(name, x)
+    for name, x in finite.items():
+        V.check_finite(name, x)
+    named = {**times, **positive, **finite}
+    try:
+        np.broadcast_shapes(*(np.shape(x) for x in named.values()))
+    except ValueError:
+        shapes = ", ".join(f"`{k}` {np.shape(x)}" for k, x in named.items())
+        raise ValueError(
+            f"the arguments must broadcast against each other, got shapes {shapes}; add unit "
+            f"axes (x[:, None]) or pass equal shapes."
+        ) from None
 
 
 def _float_dtype(*xs):
@@ -266,8 +299,9 @@ def k1_trajectory(
         `K1Trajectory(v, alpha)`, broadcast over all arguments, in their floating dtype.
 
     References:
-        THEORY.md section 4 ("Exact k = 1 trajectory"); R2 for the conserved $c$.
+        docs/theory.md, section 5 ("Exact k = 1 trajectory"); R2 for the conserved $c$.
     """
+    _check_args(times=dict(tau=tau), v0=v0, alpha0=alpha0, y=y)
     dtype = _float_dtype(tau, v0, alpha0, y)
     args = [jnp.asarray(a, dtype) for a in (tau, v0, alpha0, y)]
     v, alpha = _k1_compiled(*args)
@@ -297,8 +331,9 @@ def k1_trajectory_problem_time(
         `K1Trajectory(v, alpha)` at times t.
 
     References:
-        THEORY.md sections 2 and 4.
+        docs/theory.md sections 2 and 4.
     """
+    _check_args(times=dict(t=t), positive=dict(s=s), v0=v0, alpha0=alpha0, y=y)
     return k1_trajectory(2.0 * jnp.asarray(s) * jnp.asarray(t), v0=v0, alpha0=alpha0, y=y)
 
 
@@ -306,7 +341,7 @@ def _k1_limit(v0, alpha0, y):
     r"""$(v_\infty, \alpha_\infty)$ of the width-one flow (section 4, $p \to y$).
 
     $c \ne 0$ or $p_0 y > 0$: $p_\infty = y$. $c = 0$ with $p_0 y \le 0$: the flow ends at the
-    saddle $(0, 0)$ (THEORY's sign rule does not cover this measure-zero case).
+    saddle $(0, 0)$ (docs/theory.md's sign rule does not cover this measure-zero case).
     """
     c = (v0 - alpha0) * (v0 + alpha0)
     p_inf = jnp.where((c != 0) | (v0 * alpha0 * y > 0), y, jnp.zeros_like(y))
@@ -322,14 +357,13 @@ def _toy_vectors(beta0, beta_star, v_star):
     return jnp.broadcast_arrays(b0, w_star)
 
 
-@jax.jit
 def toy2d_limit(
     beta0: Float[ArrayLike, "*batch"],
     beta_star: Float[ArrayLike, "*batch"],
     v_star: Float[ArrayLike, "*batch"],
     v0: Float[ArrayLike, "*batch"],
 ) -> Toy2DLimit:
-    r"""FT and LP limits in the 2-D toy of the paper's Figure 2 (THEORY.md section 4).
+    r"""FT and LP limits in the 2-D toy of the paper's Figure 2 (docs/theory.md, section 5).
 
     $d = 2$, $k = 1$, one training input $x = e_1$ ($X = e_1^T$, $s = 1$),
     $b_0 = (\cos\beta_0, \sin\beta_0)$, $w^* = v^*(\cos\beta^*, \sin\beta^*)$, $y = w^*_1$.
@@ -342,7 +376,7 @@ def toy2d_limit(
     the features are perfect and LP is exact (R4).
     The OOD second moment is $I$, so errors are squared Euclidean distances to $w^*$.
 
-    Degenerate cases beyond THEORY's rule: $c = 0$ with $v_0 y \cos\beta_0 \le 0$ (e.g.
+    Degenerate cases beyond docs/theory.md's rule: $c = 0$ with $v_0 y \cos\beta_0 \le 0$ (e.g.
     $v_0 = -\cos\beta_0$, $y\cos\beta_0 > 0$) flows into the saddle, $v_\infty = b_{1\infty} = 0$
     and $w_{ft} = 0$; $y = 0$ with $c < 0$ has $v_\infty = 0$ and
     $b_{1\infty} = \mathrm{sgn}(\cos\beta_0)\sqrt{-c}$ (not $y / v_\infty$). $b_{1\infty}$ is
@@ -358,8 +392,14 @@ def toy2d_limit(
         `Toy2DLimit`, broadcast over the arguments.
 
     References:
-        Kumar et al., ICLR 2022, Figure 2; THEORY.md section 4, R1, R4.
+        Kumar et al., ICLR 2022, Figure 2; docs/theory.md, section 5, R1, R4.
     """
+    _check_args(beta0=beta0, beta_star=beta_star, v_star=v_star, v0=v0)
+    return _toy2d_limit(beta0, beta_star, v_star, v0)
+
+
+@jax.jit
+def _toy2d_limit(beta0, beta_star, v_star, v0) -> Toy2DLimit:
     dtype = _float_dtype(beta0, beta_star, v_star, v0)
     beta0, beta_star, v_star, v0 = (jnp.asarray(a, dtype) for a in (beta0, beta_star, v_star, v0))
     b0, w_star = _toy_vectors(beta0, beta_star, v_star)
@@ -388,7 +428,7 @@ def toy2d_trajectory(
     v_star: Float[ArrayLike, "*batch"],
     v0: Float[ArrayLike, "*batch"],
 ) -> Toy2DTrajectory:
-    r"""FT state $(v(t), b(t))$ of the 2-D toy at flow times t (THEORY.md section 4).
+    r"""FT state $(v(t), b(t))$ of the 2-D toy at flow times t (docs/theory.md, section 5).
 
     Here $X = e_1^T$, so $s = 1$ and $\tau = 2t$; $\omega = \Pi_S w^* = (y, 0)$ with
     $y = w^*_1$. Section 4 takes $\alpha$ along $\omega/\|\omega\| = \mathrm{sgn}(y)\, e_1$ and
@@ -404,8 +444,9 @@ def toy2d_trajectory(
         `Toy2DTrajectory(v, b)` with v of the broadcast shape and b of that shape + (2,).
 
     References:
-        THEORY.md section 4; R1.
+        docs/theory.md, section 5; R1.
     """
+    _check_args(times=dict(t=t), beta0=beta0, beta_star=beta_star, v_star=v_star, v0=v0)
     dtype = _float_dtype(t, beta0, beta_star, v_star, v0)
     t, beta0, beta_star, v_star, v0 = (
         jnp.asarray(a, dtype) for a in (t, beta0, beta_star, v_star, v0)
@@ -416,7 +457,6 @@ def toy2d_trajectory(
     return Toy2DTrajectory(v=v, b=b)
 
 
-@jax.jit
 def r12_toy(a: Float[ArrayLike, "*batch"], v0: Float[ArrayLike, "*batch"]) -> R12Toy:
     r"""R12(b): bad features, where converged FT can beat LP out of distribution.
 
@@ -426,7 +466,8 @@ def r12_toy(a: Float[ArrayLike, "*batch"], v0: Float[ArrayLike, "*batch"]) -> R1
     $w_{ft} = (a, v_\infty)$, error$^2$ $= v_\infty^2$. For $a \ne 0$,
     $v_\infty^2 < a^2 + v_0^2 \iff 4a^2 < 4a^4 + 4a^2 v_0^2 \iff a^2 + v_0^2 > 1$.
     Exceptions: $v_0 = 0$ is the saddle (stationary), so FT error$^2 = a^2$ = LP's, a tie;
-    $a = 0$ gives a tie too. `ft_wins` is the strict comparison of the computed errors.
+    $a = 0$ gives a tie too. `ft_wins` is `linfeat._theory.r12_ft_wins` (decided from the
+    inputs, not from the rounded errors, which may compare either way near the boundary).
 
     Args:
         a: target $w^*_1$.
@@ -436,12 +477,20 @@ def r12_toy(a: Float[ArrayLike, "*batch"], v0: Float[ArrayLike, "*batch"]) -> R1
         `R12Toy(lp_error, ft_error, ft_wins, v_inf)`.
 
     References:
-        THEORY.md R12(b).
+        docs/theory.md R12(b).
     """
+    _check_args(a=a, v0=v0)
+    return _r12_toy(a, v0)
+
+
+@jax.jit
+def _r12_toy(a, v0) -> R12Toy:
     dtype = _float_dtype(a, v0)
     a, v0 = (jnp.asarray(x, dtype) for x in (a, v0))
     a, v0 = jnp.broadcast_arrays(a, v0)
     v_inf, b1_inf = _k1_limit(v0, jnp.zeros_like(v0), a)
     lp_error = a * a + v0 * v0
     ft_error = (v_inf * b1_inf - a) ** 2 + v_inf * v_inf  # w_ft = (v b1, v * 1)
-    return R12Toy(lp_error=lp_error, ft_error=ft_error, ft_wins=ft_error < lp_error, v_inf=v_inf)
+    from ._theory import r12_ft_wins  # one decision rule for both modules (R12b)
+
+    return R12Toy(lp_error=lp_error, ft_error=ft_error, ft_wins=r12_ft_wins(a, v0), v_inf=v_inf)

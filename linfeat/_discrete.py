@@ -1,4 +1,6 @@
-r"""Discrete-time training through optax: GD, minibatch SGD, momentum and Adam (THEORY.md §2).
+r"""Discrete-time training through optax: GD, minibatch SGD, momentum and Adam.
+
+docs/theory.md, section 2.
 
 The loss is the paper's $\hat L(v, B) = \|X B^T v - Y\|^2$ (no 1/n, no 1/2), the same function
 whose gradient flow `linfeat.fine_tune` integrates, so full-batch GD with step $\eta$,
@@ -134,60 +136,70 @@ def _metrics_along(problem, v_t, B_t, v0, *, train_features):
     )(v_t, B_t)
 
 
-def _check_positive(name: str, x, *, below_one: bool = False, allow_zero: bool = False) -> None:
-    if not V.is_concrete(x):
-        return
-    a = np.asarray(x)
-    lo_ok = a >= 0 if allow_zero else a > 0
-    if a.ndim != 0 or not np.isfinite(a) or not lo_ok or (below_one and a >= 1):
-        want = "in [0, 1)" if below_one else (">= 0" if allow_zero else "> 0")
-        raise ValueError(f"`{name}` must be a finite scalar {want}, got {a!r}.")
-
-
 def _check_call(problem, v0, optimizer, num_steps, save_every, batch_size, key, hyper):
+    """Validates every argument before anything is compiled or run (values only when concrete)."""
     if isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(
-                f"`optimizer` must be one of {OPTIMIZERS} or an optax.GradientTransformation, "
-                f"got {optimizer!r}."
-            )
+        V.check_choice("optimizer", optimizer, OPTIMIZERS)
     elif not isinstance(optimizer, optax.GradientTransformation):
         raise ValueError(
             f"`optimizer` must be one of {OPTIMIZERS} or an optax.GradientTransformation, "
             f"got {type(optimizer).__name__}."
+        )
+    if not isinstance(problem, Problem):
+        raise ValueError(
+            f"`problem` must be a linfeat.Problem (make_problem or problem_from_arrays), got "
+            f"{type(problem).__name__}."
         )
     if problem.B0.ndim != 2:
         raise ValueError(
             f"`problem` must describe one problem (B0 of shape (k, d)), got B0 of shape "
             f"{problem.B0.shape}; use jax.vmap(train_discrete) over a batch of problems."
         )
+    if not jnp.issubdtype(problem.X.dtype, jnp.floating):
+        raise ValueError(
+            f"`problem` must hold floating arrays, got X of dtype {problem.X.dtype}; build it "
+            f"with problem_from_arrays, which converts integer data."
+        )
     n, (k, _) = problem.X.shape[0], problem.B0.shape
+    V.check_real_float("v0", v0)
     if np.shape(v0) != (k,):
         raise ValueError(f"`v0` must have shape (k,) = ({k},), got {np.shape(v0)}.")
-    if V.is_concrete(v0):
-        V.as_array("v0", v0, shape=(k,))
-    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be an integer >= 1, got {num_steps!r}.")
-    if not isinstance(save_every, int | np.integer) or not 1 <= save_every <= num_steps:
-        raise ValueError(f"`save_every` must be an integer in [1, num_steps], got {save_every!r}.")
+    V.check_finite("v0", v0)
+    V.check_int("num_steps", num_steps, min=1)
+    V.check_int("save_every", save_every, min=1, max=num_steps)
     if optimizer == "sgd" and batch_size is None:
         raise ValueError("optimizer='sgd' samples minibatches: pass `batch_size` (or use 'gd').")
     if optimizer == "gd" and batch_size is not None:
         raise ValueError("optimizer='gd' is full batch: drop `batch_size` or use 'sgd'.")
     if batch_size is not None:
-        if not isinstance(batch_size, int | np.integer) or not 1 <= batch_size <= n:
-            raise ValueError(
-                f"`batch_size` must be an integer in [1, n] = [1, {n}], got {batch_size!r}."
-            )
+        V.check_int("batch_size", batch_size, min=1, max=n)
         if key is None:
             raise ValueError("minibatch training needs an explicit PRNG `key`.")
-    _check_positive("learning_rate", hyper["learning_rate"])
+    V.check_positive(
+        "learning_rate",
+        hyper["learning_rate"],
+        scalar=True,
+        fix="GD is stable only below about 1 / (lambda_max(X^T X) (||v||^2 + ||B||_2^2)).",
+    )
+    below_one = dict(lo_open=False, hi_open=True, scalar=True)
     if optimizer == "momentum":
-        _check_positive("momentum", hyper["momentum"], below_one=True, allow_zero=True)
+        V.check_in_range(
+            "momentum", hyper["momentum"], 0.0, 1.0, **below_one,
+            fix="the heavy-ball coefficient must be < 1 for the iterates to settle (0 is GD).",
+        )  # fmt: skip
     if optimizer == "adam":
-        _check_positive("b1", hyper["b1"], below_one=True, allow_zero=True)
-        _check_positive("b2", hyper["b2"], below_one=True, allow_zero=True)
-        _check_positive("eps", hyper["eps"], allow_zero=True)
+        for name in ("b1", "b2"):
+            V.check_in_range(
+                name, hyper[name], 0.0, 1.0, **below_one,
+                fix="Adam's decay rates are in [0, 1), e.g. b1 = 0.9, b2 = 0.999.",
+            )  # fmt: skip
+        V.check_positive(
+            "eps",
+            hyper["eps"],
+            scalar=True,
+            fix="Adam divides by sqrt(v) + eps, which is 0 / 0 on coordinates whose gradient is "
+            "zero (e.g. B when v0 = 0); use a small positive value such as 1e-8.",
+        )
 
 
 def _raise_on_failure(traj: DiscreteTrajectory, problem: Problem, what: str) -> None:
@@ -267,11 +279,28 @@ def train_discrete(
     Returns:
         A `DiscreteTrajectory` (status 0 ok, 3 = `Status.NONFINITE`).
 
+    Raises:
+        ValueError: before anything is compiled or run, naming the argument: an unknown
+            `optimizer`; `v0` not a finite real (k,) array (integer arrays rejected);
+            `learning_rate` not a finite scalar > 0; `num_steps` not an int >= 1 (bools and
+            floats rejected); `save_every` not an int in [1, num_steps]; `batch_size` not an
+            int in [1, n] or given to "gd" / missing for "sgd"; a minibatch run without
+            `key`; `momentum`, `b1`, `b2` outside [0, 1); Adam's `eps` not finite and > 0;
+            non-bool `train_features` / `check`. Traced hyperparameters (under `jit`/`vmap`)
+            are not value-checked: an out-of-range traced learning rate shows up as
+            `status` NONFINITE or a run that does not train.
+
     References:
-        Kumar et al. (2022), section 4; THEORY.md section 2 and R1.
+        Kumar et al. (2022), section 4; docs/theory.md, section 2 and R1.
     """
+    V.check_bool("train_features", train_features)
+    V.check_bool("check", check)
     if save_every is None:
-        save_every = max(num_steps // 64, 1) if isinstance(num_steps, int | np.integer) else 1
+        save_every = (
+            max(num_steps // 64, 1)
+            if isinstance(num_steps, int | np.integer) and not isinstance(num_steps, bool)
+            else 1
+        )
     hyper = dict(learning_rate=learning_rate, momentum=momentum, b1=b1, b2=b2, eps=eps)
     _check_call(problem, v0, optimizer, num_steps, save_every, batch_size, key, hyper)
     dtype = problem.X.dtype

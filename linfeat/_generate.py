@@ -1,4 +1,4 @@
-r"""Synthetic ID/OOD subspace problems with every knob of the theory (THEORY.md section 1).
+r"""Synthetic ID/OOD subspace problems with every knob of the theory (docs/theory.md, section 1).
 
 `make_problem` is a pure function of an explicit key and numeric knobs: vmap it over keys and
 over `feature_error`, `v_star_norm`, `ood_shift`, `ood_rank_scale` (shapes and the OOD kind are
@@ -6,8 +6,6 @@ static). It never builds a d x d matrix unless `ood="random_spd"`.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -40,13 +38,42 @@ def features_at_distance(
     Every principal angle is $\theta = 2\arcsin(\varepsilon/2)$: $B_0 = \cos\theta\,B^* +
     \sin\theta\,U_\perp$ with $U_\perp$ orthonormal and orthogonal to rowspace($B^*$), so
     $B_0 B^{*T} = \cos\theta\,I$, the aligning rotation is I and
-    $\|B_0 - B^*\|_2 = 2\sin(\theta/2) = \varepsilon$ (THEORY.md section 1). Needs $2k \le d$.
+    $\|B_0 - B^*\|_2 = 2\sin(\theta/2) = \varepsilon$ (docs/theory.md, section 1). Needs $2k \le d$.
+
+    Raises:
+        ValueError: `d`, `k` not positive ints, $2k > d$, `feature_error` outside
+            $[0, \sqrt 2]$ or not real (checked entrywise when concrete; skipped for traced
+            values, where an out-of-range value gives NaN), `dtype` not a float dtype.
     """
-    dtype = dtype or jnp.result_type(float)
+    d = V.check_int("d", d, min=1)
+    k = V.check_int("k", k, min=1)
+    if 2 * k > d:
+        raise ValueError(
+            f"need 2k <= d to place B0 at a chosen distance from B_star, got k = {k}, d = {d}; "
+            f"use fewer features or more dimensions."
+        )
+    _check_feature_error(feature_error)
+    dtype = jnp.result_type(float) if dtype is None else V.check_float_dtype("dtype", dtype)
+    return _features_at_distance(key, d, k, feature_error, dtype)
+
+
+def _features_at_distance(key, d, k, feature_error, dtype):
     O = _orthonormal_columns(key, d, 2 * k, dtype)
     B_star, U_perp = O[:, :k].T, O[:, k:].T
     theta = 2.0 * jnp.arcsin(jnp.asarray(feature_error, dtype) / 2.0)
     return B_star, jnp.cos(theta) * B_star + jnp.sin(theta) * U_perp
+
+
+def _check_feature_error(feature_error) -> None:
+    V.check_in_range(
+        "feature_error",
+        feature_error,
+        0.0,
+        V.SQRT2 + 1e-12,
+        interval="[0, sqrt(2)]",
+        fix="it is the Procrustes distance d(B0, B*) between orthonormal row spaces, at most "
+        "sqrt(2) (all principal angles pi/2).",
+    )
 
 
 def make_problem(
@@ -86,27 +113,55 @@ def make_problem(
             stiff; n = 2m gives $\kappa \approx 34$). The theorems also need $m + k < d$
             (warned otherwise).
         feature_error: $\varepsilon = d(B_0, B^*) \in [0, \sqrt 2]$.
-        v_star_norm: $\|v^*\| = \|w^*\|$.
+        v_star_norm: $\|v^*\| = \|w^*\| > 0$ (docs/theory.md assumes $v^* \ne 0$; build a zero
+            target with `problem_from_arrays(..., w_star=np.zeros(d))`).
         id_spectrum: (m,) positive variances of the ID inputs along Q.
-        ood, ood_shift, ood_rank, ood_rank_scale: the OOD second moment (above).
+        ood, ood_shift, ood_rank, ood_rank_scale: the OOD second moment (above);
+            `ood_shift` $\rho \in [0, 1]$ (checked for every `ood`), `ood_rank` in [0, d],
+            `ood_rank_scale` $\ge 0$.
         dtype: floating dtype; default the JAX default float.
 
     Returns:
         A `Problem` with `B_star` and `v_star` set. Vmap over `key` and the numeric knobs.
+
+    Raises:
+        ValueError: naming the argument, before any random draw: dimensions that are not
+            Python ints (bools and floats rejected) or break the constraints above, an
+            unknown `ood`, a non-floating `dtype`, a missing `key`, and numeric knobs that are
+            complex, bool, integer arrays, NaN/inf or out of range. Knobs are checked
+            entrywise when concrete (a batch of knobs is checked entry by entry); under
+            `jit`/`vmap` traced knobs are not checked (an out-of-range traced
+            `feature_error` gives NaN features), so validate a sweep's grid before vmapping.
     """
-    n = 2 * m if n is None else n
+    if key is None:
+        raise ValueError("`key` is required: pass a PRNG key, e.g. jax.random.key(0).")
+    d, k, m = (V.check_int(name, x, min=1) for name, x in (("d", d), ("k", k), ("m", m)))
+    n = 2 * m if n is None else V.check_int("n", n, min=1)
+    ood_rank = V.check_int("ood_rank", ood_rank, min=0)
     _check_dims(d=d, k=k, m=m, n=n, ood=ood, ood_rank=ood_rank)
-    if V.is_concrete(feature_error):
-        eps = np.asarray(feature_error)
-        if np.any(~np.isfinite(eps)) or np.any(eps < 0) or np.any(eps > math.sqrt(2) + 1e-12):
-            raise ValueError(
-                f"`feature_error` must lie in [0, sqrt(2)] (the largest Procrustes distance "
-                f"between orthonormal row spaces), got {eps}."
-            )
-    dtype = dtype or jnp.result_type(float)
+    _check_feature_error(feature_error)
+    V.check_positive(
+        "v_star_norm",
+        v_star_norm,
+        fix="docs/theory.md (section 1) assumes v* != 0; for a zero target build the "
+        "problem with problem_from_arrays(..., w_star=np.zeros(d)).",
+    )
+    if id_spectrum is not None:
+        V.check_spectrum("id_spectrum", id_spectrum, m, what="variances (the ID spectrum on S)")
+    V.check_fraction(
+        "ood_shift",
+        ood_shift,
+        fix="for ood='mixture' it is rho, the OOD variance per direction off S (1 - rho on S).",
+    )
+    V.check_nonneg(
+        "ood_rank_scale",
+        ood_rank_scale,
+        fix="it scales the low-rank OOD term L L^T (0 switches it off).",
+    )
+    dtype = jnp.result_type(float) if dtype is None else V.check_float_dtype("dtype", dtype)
     kS, kF, kv, kG, kO = jax.random.split(key, 5)
     Q = _orthonormal_columns(kS, d, m, dtype)
-    B_star, B0 = features_at_distance(kF, d, k, feature_error, dtype)
+    B_star, B0 = _features_at_distance(kF, d, k, feature_error, dtype)
     u = jax.random.normal(kv, (k,), dtype)
     v_star = jnp.asarray(v_star_norm, dtype) * u / jnp.linalg.norm(u)
     w_star = B_star.T @ v_star
@@ -149,25 +204,30 @@ def _ood_cov(key, d, ood, shift, rank, rank_scale, dtype):
 
 
 def _check_dims(*, d, k, m, n, ood, ood_rank):
-    for name, val in dict(d=d, k=k, m=m, n=n, ood_rank=ood_rank).items():
-        if not isinstance(val, (int, np.integer)) or val < (0 if name == "ood_rank" else 1):
-            raise ValueError(f"`{name}` must be a positive integer (static), got {val!r}.")
+    V.check_choice("ood", ood, OOD_KINDS)
     if k > m:
         raise ValueError(
-            f"need k <= m (features no more than ID dimensions), got k = {k} > m = {m}."
+            f"need k <= m (features no more than ID dimensions), got k = {k} > m = {m}; use "
+            f"fewer features or a larger ID subspace."
         )
     if m >= d:
         raise ValueError(
-            f"need m < d (overparameterised: S a proper subspace), got m = {m}, d = {d}."
+            f"need m < d (overparameterised: S a proper subspace), got m = {m}, d = {d}; "
+            f"lower m or raise d."
         )
     if 2 * k > d:
         raise ValueError(
             f"need 2k <= d to place B0 at a chosen distance from B_star, got k = {k}, d = {d}."
         )
     if n < m:
-        raise ValueError(f"need n >= m training inputs to span S, got n = {n} < m = {m}.")
-    if ood not in OOD_KINDS:
-        raise ValueError(f"`ood` must be one of {OOD_KINDS}, got {ood!r}.")
+        raise ValueError(
+            f"need n >= m training inputs to span S, got n = {n} < m = {m}; raise `n` (default "
+            f"2m) or lower `m`."
+        )
+    if ood_rank > d:
+        raise ValueError(
+            f"`ood_rank` must be <= d = {d} (the columns of L are orthonormal), got {ood_rank}."
+        )
     if m + k >= d:
         V.warn_theory(f"m + k = {m + k} >= d = {d}: the theorems need m + k < d.")
 
@@ -182,26 +242,45 @@ def init_head(
 ) -> Float[Array, " k"]:
     r"""An initial head: "zero", "gaussian" ($N(0, \sigma^2 I)$, $\sigma$ = `scale`, needs `key`),
     "given" (`v`), "lp" (the linear-probe solution, for LP-FT) or "aligned" ($a^* = U v^*$).
+
+    Raises:
+        ValueError: an unknown `kind`; "gaussian" without `key` or with `scale` not finite and
+            > 0 (use "zero" for a zero head; checked entrywise when concrete, skipped when
+            traced); "given" without `v`, or `v` not a finite real (k,) array; "aligned" on a
+            problem without `B_star`/`v_star`.
     """
+    V.check_choice("kind", kind, HEAD_KINDS)
     k, dtype = problem.B0.shape[-2], problem.B0.dtype
     if kind == "zero":
         return jnp.zeros((k,), dtype)
     if kind == "gaussian":
         if key is None:
             raise ValueError("`init_head(kind='gaussian')` needs an explicit PRNG `key`.")
+        V.check_positive(
+            "scale",
+            scale,
+            fix="it is the standard deviation sigma of the Gaussian head; use kind='zero' for a "
+            "zero head.",
+        )
         return jnp.asarray(scale, dtype) * jax.random.normal(key, (k,), dtype)
     if kind == "given":
         if v is None:
             raise ValueError("`init_head(kind='given')` needs the head `v`.")
-        if V.is_concrete(v):
-            V.as_array("v", v, ndim=1, shape=(k,))
+        V.check_real_float("v", v)
+        if np.shape(v) != (k,):
+            raise ValueError(f"`v` must have shape (k,) = ({k},), got {np.shape(v)}.")
+        V.check_finite("v", v)
         return jnp.asarray(v, dtype)
     if kind == "lp":
         from ._closed_form import linear_probe
 
         return linear_probe(problem)
-    if kind == "aligned":
-        from ._metrics import aligned_head
+    # kind == "aligned"
+    if problem.B_star is None or problem.v_star is None:
+        raise ValueError(
+            "`init_head(kind='aligned')` needs the true features and head: build the problem "
+            "with make_problem, or problem_from_arrays(..., B_star=..., v_star=...)."
+        )
+    from ._metrics import aligned_head
 
-        return aligned_head(problem)
-    raise ValueError(f"`kind` must be one of {HEAD_KINDS}, got {kind!r}.")
+    return aligned_head(problem)

@@ -1,6 +1,6 @@
 """The ID/OOD regression problem: data, features, ground truth and second moments.
 
-THEORY.md section 1. A `Problem` is a pytree of arrays: problems of equal shapes stack leaf by
+docs/theory.md, section 1. A `Problem` is a pytree of arrays: problems of equal shapes stack leaf by
 leaf (`jax.tree.map(jnp.stack, ...)`) and vmap like generated ones.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -56,10 +55,37 @@ class Problem(NamedTuple):
 
 
 def orthonormalize_rows(B: Float[Array, "k d"]) -> Float[Array, "k d"]:
-    """The closest matrix to B with orthonormal rows (polar factor $(BB^T)^{-1/2} B$)."""
+    r"""The closest matrix to B with orthonormal rows (polar factor $(BB^T)^{-1/2} B$).
+
+    B must be a real (k, d) matrix with $k \le d$ and full row rank k; integer matrices are
+    converted to the default float dtype. Values (finiteness, rank) are checked when B is
+    concrete; under `jit`/`vmap` only the dtype and rank are.
+    """
     from ._linalg import polar
 
-    return polar(jnp.asarray(B).T).T
+    V.check_real_float("B", B, allow_int=True)
+    if np.ndim(B) != 2:
+        raise ValueError(
+            f"`B` must be a (k, d) matrix (rows are features), got shape {np.shape(B)}."
+        )
+    k, d = np.shape(B)
+    if not 1 <= k <= d:
+        raise ValueError(
+            f"`B` must have 1 <= k <= d rows to have orthonormal rows, got shape {(k, d)}."
+        )
+    if V.is_concrete(B):
+        Bn = V.as_array("B", B).astype(np.float64)
+        s = np.linalg.svd(Bn, compute_uv=False)
+        if not s[-1] > max(k, d) * np.finfo(np.float64).eps * s[0]:
+            raise ValueError(
+                f"`B` has rank below k = {k} (smallest singular value {s[-1]:.3g}, largest "
+                f"{s[0]:.3g}): its rows are linearly dependent and cannot be orthonormalized; "
+                f"drop or replace the dependent rows."
+            )
+    B = jnp.asarray(B)
+    if not jnp.issubdtype(B.dtype, jnp.floating):
+        B = B.astype(jnp.result_type(float))
+    return polar(B.T).T
 
 
 def _float_dtype(*xs):
@@ -72,10 +98,10 @@ def _check_cov(name: str, cov, d: int, dtype):
     if cov is None:
         return None
     if isinstance(cov, SubspaceCov):
-        a = V.check_nonneg(f"{name}.scale_S", cov.scale_S)
-        b = V.check_nonneg(f"{name}.scale_perp", cov.scale_perp)
+        fix = "a second moment a Pi_S + b Pi_perp + L L^T needs variances a, b >= 0."
+        V.check_nonneg(f"{name}.scale_S", cov.scale_S, scalar=True, fix=fix)
+        V.check_nonneg(f"{name}.scale_perp", cov.scale_perp, scalar=True, fix=fix)
         L = V.as_array(f"{name}.factor", cov.factor, ndim=2, shape=(d, None))
-        del a, b
         return SubspaceCov(
             jnp.asarray(cov.scale_S, dtype),
             jnp.asarray(cov.scale_perp, dtype),
@@ -112,19 +138,24 @@ def problem_from_arrays(
         check_theory: warn when a theorem's hypothesis fails ($m + k \ge d$, $c_\perp = 0$).
 
     Returns:
-        The `Problem`, in the floating dtype of the inputs.
+        The `Problem`, in the floating dtype of the inputs (JAX promotion: float32 inputs stay
+        float32). Integer arrays are accepted as data (counts, 0/1 selection matrices) and
+        converted; when every input is integer the dtype is the JAX default float.
 
     Raises:
-        ValueError: naming the argument and the fix, for wrong shapes, NaN/inf, rows that are
-            not orthonormal, k > m (too few independent training inputs), inconsistent ground
-            truth or a second moment that is not symmetric PSD.
+        ValueError: naming the argument and the fix, for wrong shapes, NaN/inf, bool, complex
+            or non-numeric arrays, rows that are not orthonormal, k > m (too few independent
+            training inputs), inconsistent ground truth, a second moment that is not
+            symmetric PSD (or a `SubspaceCov` with a negative, non-finite or non-scalar
+            scale), or traced (jit/vmap) arrays.
     """
-    if any(isinstance(a, jax.core.Tracer) for a in (X, Y, B0)):
+    if not V.is_concrete(X, Y, B0, B_star, v_star, w_star, ood_cov, id_cov):
         raise ValueError(
             "`problem_from_arrays` validates concrete arrays; call it outside jit/vmap and "
             "batch the resulting Problems (jax.tree.map(jnp.stack, ...))."
         )
-    dtype = _float_dtype(X, Y, B0, B_star, v_star, w_star)
+    check_theory = V.check_bool("check_theory", check_theory)
+    w_star_given = w_star
     Xn = V.as_array("X", X, ndim=2)
     n, d = Xn.shape
     Yn = V.as_array("Y", Y, ndim=1, shape=(n,))
@@ -153,6 +184,7 @@ def problem_from_arrays(
     if w_star is None:
         raise ValueError("give `w_star`, or `B_star` and `v_star`, to define the ground truth.")
     ws = V.as_array("w_star", w_star, ndim=1, shape=(d,))
+    dtype = _float_dtype(X, Y, B0, B_star, v_star, w_star_given)
     s = np.linalg.svd(Xn, compute_uv=False)
     m = int(
         np.sum(
@@ -192,7 +224,7 @@ def problem_from_arrays(
 
 
 def warn_theory_conditions(problem: Problem, *, m: int) -> None:
-    """Warns when $m + k \\ge d$ or $c_\\perp = 0$ (THEORY.md section 1)."""
+    """Warns when $m + k \\ge d$ or $c_\\perp = 0$ (docs/theory.md, section 1)."""
     from ._metrics import principal_constants
 
     d, k = problem.d, problem.k

@@ -1,11 +1,19 @@
-r"""Analytic side of the paper's statements: the bounds and closed forms of THEORY.md.
+r"""Analytic side of the paper's statements: the bounds and closed forms of docs/theory.md.
 
 The scalar formulas take plain scalars and arrays (no `Problem`); the problem-level wrappers
 at the end (`problem_constants`, `r5_bounds`, `r5_perp_bound`, `r7_bounds`, `r8_threshold`)
 take a `Problem` and a head and call them. Every function is written for one instance and is
 pure `jax.numpy`, so it jits, vmaps over any argument and keeps the floating dtype of its
-inputs (float64 when x64 is on). Result ids (R5 ... R12) refer to THEORY.md section 3;
-labels [paper] / [derived] / [unsure] are THEORY.md's.
+inputs (float64 when x64 is on). Result ids (R5 ... R12) refer to docs/theory.md, section 4;
+labels [paper] / [derived] / [unsure] are docs/theory.md's.
+
+Concrete arguments are checked (finite, $a \ge 0$ or $> 0$ where the formula divides by it,
+$\sigma > 0$, $\delta \in (0, 1)$, $\varphi \ge 0$, $\varepsilon \in [0, \sqrt2]$, or
+$[0, 2]$ where any fixed rotation U is allowed, $c_S, c_\perp \in [0, 1]$, $\kappa \ge 1$,
+$\lambda \ge 0$) and a `ValueError` names the argument and the fix; under `jit`/`vmap` the
+arguments are tracers and the checks are skipped (validate once, then batch).
+No LAPACK routine is called directly here: singular values come from
+`linfeat._linalg.singular_values` and the Procrustes factor from `linfeat.feature_alignment`.
 
 Symbols: $a = \|v^*\| = \|w^*\|$, $\varepsilon = d(B_0, B^*)$, $\varphi$ the head alignment
 error, $c_S = \sigma_k(\Pi_S B_0^T)$, $c_\perp = \sigma_k(\Pi_{S^\perp} B_0^T)$,
@@ -24,8 +32,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from . import _validate as V
 from ._linalg import singular_values
 
 # Shape-annotated aliases (jaxtyping), defined once so the annotations stay short.
@@ -38,37 +48,213 @@ Rotation = Float[Array, "k k"]
 Samples = Float[Array, " num"]
 
 # ---------------------------------------------------------------------------------------
-# Feature distance (THEORY.md section 1)
+# Input checks (concrete inputs only; skipped for JAX tracers under jit/vmap)
+# ---------------------------------------------------------------------------------------
+
+# Rounding slack of the upper limits c <= 1 and eps <= sqrt(2) (eps <= 2): `Problem`s accept
+# rows orthonormal to `ORTHONORMAL_TOL` (1e-6 on B B^T - I), which moves singular values and
+# the Procrustes distance by O(1e-6); float32 rounding is far below that.
+_RANGE_SLACK = 10 * V.ORTHONORMAL_TOL
+_SQRT2 = math.sqrt(2.0)
+
+
+def _check(
+    fn: str,
+    name: str,
+    x,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    finite: bool = True,
+    what: str,
+    fix: str,
+) -> None:
+    """Raises a ValueError naming `fn`, `name` and the fix unless every entry of x is in range.
+
+    `what` completes "`name` must be ..."; NaN fails only through `finite`. No-op for tracers.
+    """
+    if not V.is_concrete(x):
+        return
+    try:
+        if np.iscomplexobj(x):
+            raise TypeError
+        v = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{fn}: `{name}` must be a real number or array of them, got {x!r}; {fix}."
+        ) from None
+    bad = ~np.isfinite(v) if finite else np.zeros(v.shape, bool)
+    if lo is not None:
+        bad |= (v <= lo) if lo_open else (v < lo)
+    if hi is not None:
+        bad |= (v >= hi) if hi_open else (v > hi)
+    if np.any(bad):
+        if v.ndim == 0:
+            got = f"got {float(v)!r}"
+        else:
+            got = f"got {float(v[bad].flat[0])!r} ({int(bad.sum())} of {v.size} entries bad)"
+        raise ValueError(f"{fn}: `{name}` must be {what}, {got}; {fix}.")
+
+
+def _check_a(fn: str, a, *, name: str = "a", positive: bool = True) -> None:
+    _check(
+        fn,
+        name,
+        a,
+        lo=0.0,
+        lo_open=positive,
+        what=("a finite number > 0" if positive else "a finite number >= 0")
+        + " (the norm ||v*|| = ||w*|| of the true head)",
+        fix="pass the norm of the true head (docs/theory.md, section 1 needs v* != 0)"
+        if positive
+        else "pass a norm, e.g. `jnp.linalg.norm(v_star)`",
+    )
+
+
+def _check_phi(fn: str, phi) -> None:
+    _check(
+        fn,
+        "phi",
+        phi,
+        lo=0.0,
+        what="a finite number >= 0 (the head alignment error)",
+        fix="compute it with `head_alignment_error(v0, a_star)`",
+    )
+
+
+def _check_eps(fn: str, eps, *, any_rotation: bool) -> None:
+    # d(B0, B*) (the Procrustes minimum) is at most sqrt(2) for orthonormal rows; the bounds
+    # that also accept ||B0 - U B*||_2 for any fixed orthogonal U allow up to ||B0|| + ||B*|| = 2.
+    top, top_s = (2.0, "2") if any_rotation else (_SQRT2, "sqrt(2)")
+    _check(
+        fn,
+        "eps",
+        eps,
+        lo=0.0,
+        hi=top * (1.0 + _RANGE_SLACK),
+        what=f"a finite number in [0, {top_s}] (a feature distance ||B0 - U B*||_2 between "
+        "orthonormal rows)",
+        fix="compute it with `procrustes(B0, B_star)[0]` (rows of B0 and B* orthonormal)",
+    )
+
+
+def _check_c(fn: str, name: str, c) -> None:
+    _check(
+        fn,
+        name,
+        c,
+        lo=0.0,
+        hi=1.0 + _RANGE_SLACK,
+        what="a finite number in [0, 1] (a singular value of a projection of B0^T)",
+        fix="compute it with `linfeat.principal_constants(problem)`",
+    )
+
+
+def _check_c_S(fn: str, c_S) -> None:
+    _check(
+        fn,
+        "c_S",
+        c_S,
+        lo=0.0,
+        hi=1.0 + _RANGE_SLACK,
+        lo_open=True,
+        what="a finite number in (0, 1] (R7 needs c_S = sigma_k(Pi_S B0^T) > 0: X B0^T of full "
+        "column rank, a unique linear probe)",
+        fix="compute it with `linfeat.principal_constants(problem)`; "
+        "with c_S = 0 R7 gives no bound",
+    )
+
+
+def _check_lam(fn: str, name: str, lam) -> None:
+    _check(
+        fn,
+        name,
+        lam,
+        lo=0.0,
+        what="a finite number >= 0 (an eigenvalue of the PSD second moment Sigma)",
+        fix="clip a rounding-level negative eigenvalue at 0",
+    )
+
+
+def _check_kappa(fn: str, kap) -> None:
+    _check(
+        fn,
+        "kappa",
+        kap,
+        lo=1.0 - _RANGE_SLACK,
+        what="a finite number >= 1 (the condition number of X on its row space)",
+        fix="compute it with `kappa(X)` (X must not be zero)",
+    )
+
+
+def _check_delta(fn: str, delta) -> None:
+    _check(
+        fn,
+        "delta",
+        delta,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        what="in the open interval (0, 1) (a failure probability)",
+        fix="pass a probability strictly between 0 and 1",
+    )
+
+
+def _check_sigma(fn: str, sigma) -> None:
+    _check(
+        fn,
+        "sigma",
+        sigma,
+        lo=0.0,
+        lo_open=True,
+        what="a finite number > 0 (the standard deviation of each head coordinate)",
+        fix="pass a positive head scale",
+    )
+
+
+def _check_matrix(fn: str, name: str, M, ndim: int) -> None:
+    if V.is_concrete(M):
+        try:
+            V.as_array(name, M, ndim=ndim)
+        except ValueError as err:
+            raise ValueError(f"{fn}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Feature distance (docs/theory.md, section 1)
 # ---------------------------------------------------------------------------------------
 
 
-def procrustes(B0: Features, B_star: Features) -> tuple[Rotation, ScalarOut]:
-    r"""Procrustes alignment of the true features to the pretrained ones, and its distance.
+def procrustes(B0: Features, B_star: Features) -> tuple[ScalarOut, Rotation]:
+    r"""Procrustes alignment of the true features to the pretrained ones: `(dist, U)`.
 
+    A thin alias of `linfeat.feature_alignment` (one implementation, same return order):
     $U = P Q^T$ where $B_0 B^{*T} = P \Lambda Q^T$ (SVD), and
     $\mathrm{dist} = \|B_0 - U B^*\|_2$ (spectral norm). For orthonormal rows $U$ minimises
     $\|B_0 - U B^*\|_2$ over orthogonal $U$ and the minimum is $2\sin(\theta_{\max}/2)$
-    [derived, THEORY.md section 1]. The aligned head is $a^* = U v^*$.
+    [derived, docs/theory.md, section 1]. The aligned head is $a^* = U v^*$.
 
     Args:
         B0: pretrained features, orthonormal rows.
         B_star: true features, orthonormal rows.
 
     Returns:
-        `(U, dist)`: the orthogonal (k, k) factor and $\|B_0 - U B^*\|_2$.
+        `(dist, U)`: $\|B_0 - U B^*\|_2$ and the orthogonal (k, k) factor.
     """
-    B0 = jnp.asarray(B0)
-    B_star = jnp.asarray(B_star)
-    P, _, Qt = jnp.linalg.svd(B0 @ B_star.T)
-    U = P @ Qt
-    dist = singular_values(B0 - U @ B_star)[0]  # no d x d workspace (see _linalg)
-    return U, dist
+    # Imported here, not at module level, so that `_metrics` may import this module.
+    from ._metrics import feature_alignment
+
+    return feature_alignment(jnp.asarray(B0), jnp.asarray(B_star))
 
 
 def principal_angle_distance(B0: Features, B_star: Features) -> ScalarOut:
     r"""Feature distance from the largest principal angle: $2\sin(\theta_{\max}/2)$.
 
-    [derived, THEORY.md section 1] For orthonormal rows, $d(B_0, B^*) = 2\sin(\theta_{\max}/2)$
+    [derived, docs/theory.md, section 1] For orthonormal rows,
+    $d(B_0, B^*) = 2\sin(\theta_{\max}/2)$
     with $\theta_{\max}$ the largest principal angle between the row spaces. The cosines are
     the singular values of $B_0 B^{*T}$ and the sines those of $B_0 (I - B^{*T} B^*)$; taking
     $\theta_{\max} = \operatorname{atan2}(\sin_{\max}, \cos_{\min})$ is accurate at both ends,
@@ -82,15 +268,53 @@ def principal_angle_distance(B0: Features, B_star: Features) -> ScalarOut:
     Returns:
         $2\sin(\theta_{\max}/2) \in [0, \sqrt 2]$.
     """
+    _check_matrix("principal_angle_distance", "B0", B0, 2)
+    _check_matrix("principal_angle_distance", "B_star", B_star, 2)
     B0 = jnp.asarray(B0)
     B_star = jnp.asarray(B_star)
     overlap = B0 @ B_star.T
-    cosines = jnp.linalg.svd(overlap, compute_uv=False)
+    cosines = singular_values(overlap)  # k x k; no direct LAPACK call here (see _linalg)
     # Rows of B0 minus their projection on rowspace(B*): singular values are sin(theta_i).
     sines = singular_values(B0 - overlap @ B_star)
     # atan2 needs no clipping: a cosine rounded above 1 only moves theta by O(eps).
     theta_max = jnp.arctan2(jnp.max(sines), jnp.min(cosines))
     return 2.0 * jnp.sin(theta_max / 2.0)
+
+
+def _input_spectrum(X: Float[Array, "n d"]) -> tuple[Float[Array, " r"], Float[Array, " r"]]:
+    r"""Singular values of X (descending) and the mask of those above the rank cut-off.
+
+    The cut-off is LAPACK's numerical-rank rule $\max(n, d)\,\epsilon\,\sigma_{\max}$; the
+    values come from the wide side of X (`singular_values`, no d x d workspace).
+    """
+    s = singular_values(X) if X.shape[0] <= X.shape[1] else singular_values(X.T)
+    cut = max(X.shape) * jnp.finfo(s.dtype).eps * jnp.max(s)
+    return s, s > cut
+
+
+def _kappa_from_spectrum(s, keep) -> tuple[ScalarOut, ScalarOut]:
+    """(kappa, smallest kept singular value), both NaN when nothing is kept (X = 0)."""
+    s_min_pos = jnp.min(jnp.where(keep, s, jnp.inf))
+    ok = jnp.isfinite(s_min_pos)
+    nan = jnp.full((), jnp.nan, s.dtype)
+    return jnp.where(ok, jnp.max(s) / s_min_pos, nan), jnp.where(ok, s_min_pos, nan)
+
+
+def numerical_rank(X: Inputs) -> Float[Array, ""]:
+    r"""$m = \dim S = \operatorname{rank}(X)$, counted as the singular values above the cut-off.
+
+    The cut-off is $\max(n, d)\,\epsilon\,\sigma_{\max}$ (as in `kappa`). Returns an integer
+    array, so it jits and vmaps (use `jnp.where` on it, not a Python `if`); 0 for X = 0.
+
+    Args:
+        X: training inputs, rows are examples.
+
+    Returns:
+        The numerical rank, an int32 scalar array.
+    """
+    _check_matrix("numerical_rank", "X", X, 2)
+    _, keep = _input_spectrum(jnp.asarray(X))
+    return jnp.sum(keep, dtype=jnp.int32)
 
 
 def kappa(X: Inputs) -> ScalarOut:
@@ -106,13 +330,9 @@ def kappa(X: Inputs) -> ScalarOut:
     Returns:
         $\kappa(X) \ge 1$.
     """
-    X = jnp.asarray(X)
-    s = singular_values(X) if X.shape[0] <= X.shape[1] else singular_values(X.T)
-    s_max = jnp.max(s)
-    cut = max(X.shape) * jnp.finfo(s.dtype).eps * s_max
-    s_min_pos = jnp.min(jnp.where(s > cut, s, jnp.inf))
-    # All singular values below the cut-off (X = 0): no row space, kappa undefined.
-    return jnp.where(jnp.isfinite(s_min_pos), s_max / s_min_pos, jnp.nan)
+    _check_matrix("kappa", "X", X, 2)
+    kap, _ = _kappa_from_spectrum(*_input_spectrum(jnp.asarray(X)))
+    return kap
 
 
 # ---------------------------------------------------------------------------------------
@@ -126,14 +346,26 @@ def head_alignment_error(v0: Head, a_star: Head) -> ScalarOut:
     Evaluated as $\sqrt{|v_0^T a^* - \|a^*\|^2| \, |v_0^T a^* + \|a^*\|^2|}$: near the zeros
     $v_0^T a^* = \pm\|a^*\|^2$ this avoids subtracting the two nearly equal squares (the error
     is then that of $v_0^T a^*$ itself). vmap over heads for batches.
+    `linfeat.head_alignment_error(problem, v0)` is this formula with $a^*$ from the problem.
 
     Args:
-        v0: initial head.
-        a_star: aligned true head $a^* = U v^*$ (see `procrustes`).
+        v0: initial head (k,).
+        a_star: aligned true head $a^* = U v^*$ (k,) (see `procrustes`).
 
     Returns:
         $\varphi \ge 0$.
+
+    Raises:
+        ValueError: for concrete inputs that are not finite 1-D arrays of the same length.
     """
+    fn = "head_alignment_error"
+    _check_matrix(fn, "v0", v0, 1)
+    _check_matrix(fn, "a_star", a_star, 1)
+    if V.is_concrete(v0, a_star) and np.shape(v0) != np.shape(a_star):
+        raise ValueError(
+            f"{fn}: `v0` has shape {np.shape(v0)} but `a_star` has {np.shape(a_star)}; pass a "
+            "head and an aligned true head of the same length k (vmap for batches)."
+        )
     v0 = jnp.asarray(v0)
     a_star = jnp.asarray(a_star)
     z = jnp.dot(v0, a_star)
@@ -157,7 +389,14 @@ def r6_anticoncentration(a: Scalar, sigma: Scalar, delta: Scalar) -> ScalarOut:
 
     Returns:
         The threshold $\tfrac{\sqrt\pi}{2} a \delta \sigma$.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r6_anticoncentration"
+    _check_a(fn, a, positive=False)
+    _check_sigma(fn, sigma)
+    _check_delta(fn, delta)
     return (math.sqrt(math.pi) / 2.0) * jnp.asarray(a) * jnp.asarray(delta) * jnp.asarray(sigma)
 
 
@@ -174,7 +413,12 @@ def r6_sigma_max(a: Scalar, delta: Scalar) -> ScalarOut:
 
     Returns:
         $a / (2\sqrt{\ln(2/\delta)})$.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    _check_a("r6_sigma_max", a, positive=False)
+    _check_delta("r6_sigma_max", delta)
     delta = jnp.asarray(delta)
     return jnp.asarray(a) / (2.0 * jnp.sqrt(jnp.log(2.0 / delta)))
 
@@ -192,7 +436,18 @@ def r6_phi_cdf_mc(key: PRNGKeyArray, a_star: Head, sigma: Scalar, num: int) -> S
 
     Returns:
         `num` samples of $\varphi$, in the dtype of `a_star`.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r6_phi_cdf_mc"
+    _check_matrix(fn, "a_star", a_star, 1)
+    _check_sigma(fn, sigma)
+    if isinstance(num, bool) or not isinstance(num, int | np.integer) or num < 1:
+        raise ValueError(
+            f"{fn}: `num` must be a positive Python int (a static sample count), got {num!r}; "
+            "mark it static under jit (`static_argnums`)."
+        )
     a_star = jnp.asarray(a_star)
     dtype = a_star.dtype if jnp.issubdtype(a_star.dtype, jnp.floating) else None
     v0 = jnp.asarray(sigma) * jax.random.normal(key, (num, a_star.shape[-1]), dtype=dtype)
@@ -215,7 +470,7 @@ def r5_printed_bound(
 
     [paper, unsure] $\frac{c_\perp}{\sqrt k}\,
     \frac{\min(\varphi, \varphi^2/\|w^*\|)}{(1 + \|w^*\|)^2} - \varepsilon$, for $\Sigma = I$.
-    THEORY.md (R5) shows this constant is false as stated (counterexample at t = 0); kept to
+    docs/theory.md (R5) shows this constant is false as stated (counterexample at t = 0); kept to
     document the discrepancy. Use `r5_rigorous_bound` in checks.
 
     Args:
@@ -227,7 +482,23 @@ def r5_printed_bound(
 
     Returns:
         The printed right-hand side (may be negative, i.e. vacuous).
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r5_printed_bound"
+    _check_c(fn, "c_perp", c_perp)
+    _check(
+        fn,
+        "k",
+        k,
+        lo=1.0,
+        what="a number of features >= 1",
+        fix="pass k = B0.shape[0]",
+    )
+    _check_phi(fn, phi)
+    _check_a(fn, w_norm, name="w_norm")
+    _check_eps(fn, eps, any_rotation=False)
     phi = jnp.asarray(phi)
     w_norm = jnp.asarray(w_norm)
     head = jnp.minimum(phi, phi**2 / w_norm)
@@ -249,7 +520,12 @@ def r5_delta0(a: Scalar, phi: Scalar) -> ScalarOut:
 
     Returns:
         $\delta_0 \in [0, 1]$.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    _check_a("r5_delta0", a)
+    _check_phi("r5_delta0", phi)
     a = jnp.asarray(a)
     phi2 = jnp.asarray(phi) ** 2
     q_prime = (phi2 / 2.0) / (jnp.sqrt(a**2 + phi2 / 2.0) + a)
@@ -274,11 +550,19 @@ def r5_rigorous_error_bound(
         c_perp: $c_\perp = \sigma_k(\Pi_{S^\perp} B_0^T)$.
         phi: head alignment error $\varphi$ of $v_0$ w.r.t. $a^*$.
         a: $\|v^*\|$.
-        eps: any $\|B_0 - U B^*\|_2$ with the same U as in $a^* = U v^*$.
+        eps: any $\|B_0 - U B^*\|_2$ with the same U as in $a^* = U v^*$, in [0, 2].
 
     Returns:
         The bound (negative means vacuous).
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r5_rigorous_error_bound"
+    _check_c(fn, "c_perp", c_perp)
+    _check_phi(fn, phi)
+    _check_a(fn, a)
+    _check_eps(fn, eps, any_rotation=True)
     return jnp.asarray(c_perp) * r5_delta0(a, phi) - jnp.asarray(eps) * jnp.asarray(a)
 
 
@@ -299,12 +583,16 @@ def r5_rigorous_bound(
         c_perp: $c_\perp$.
         phi: head alignment error.
         a: $\|v^*\|$.
-        eps: feature distance.
-        lam_min: $\lambda_{\min}(\Sigma)$ (1 for $\Sigma = I$).
+        eps: feature distance (any $\|B_0 - U B^*\|_2$ as in `r5_rigorous_error_bound`).
+        lam_min: $\lambda_{\min}(\Sigma) \ge 0$ (1 for $\Sigma = I$).
 
     Returns:
         The bound (negative means vacuous).
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    _check_lam("r5_rigorous_bound", "lam_min", lam_min)
     return jnp.sqrt(jnp.asarray(lam_min)) * r5_rigorous_error_bound(c_perp, phi, a, eps)
 
 
@@ -325,14 +613,22 @@ def r7_lp_error_bound(
     and $\|A^+ X\|_2 \le \kappa(X)/c_S$ since $\sigma_{\min}(A) \ge \sigma^+_{\min}(X) c_S$.
 
     Args:
-        eps: feature distance.
+        eps: feature distance (any $\|B_0 - U B^*\|_2$ with the U of $a^* = U v^*$, in [0, 2]).
         a: $\|v^*\|$.
         kappa: $\kappa(X)$ (see `kappa`).
         c_S: $c_S = \sigma_k(\Pi_S B_0^T) > 0$.
 
     Returns:
         The bound.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r7_lp_error_bound"
+    _check_eps(fn, eps, any_rotation=True)
+    _check_a(fn, a, positive=False)
+    _check_kappa(fn, kappa)
+    _check_c_S(fn, c_S)
     return jnp.asarray(eps) * jnp.asarray(a) * (1.0 + jnp.asarray(kappa) / jnp.asarray(c_S))
 
 
@@ -353,11 +649,15 @@ def r7_lp_ood_bound(
         a: $\|v^*\|$.
         kappa: $\kappa(X)$.
         c_S: $c_S > 0$.
-        lam_max: $\lambda_{\max}(\Sigma)$.
+        lam_max: $\lambda_{\max}(\Sigma) \ge 0$.
 
     Returns:
         The bound on $L_{ood}(v_{lp}^\infty, B_0)$.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    _check_lam("r7_lp_ood_bound", "lam_max", lam_max)
     return jnp.asarray(lam_max) * r7_lp_error_bound(eps, a, kappa, c_S) ** 2
 
 
@@ -388,7 +688,18 @@ def r8_eps_threshold(
 
     Returns:
         The threshold on $\varepsilon$.
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r8_eps_threshold"
+    _check_c(fn, "c_perp", c_perp)
+    _check_phi(fn, phi)
+    _check_a(fn, a)
+    _check_kappa(fn, kappa)
+    _check_c_S(fn, c_S)
+    _check_lam(fn, "lam_min", lam_min)
+    _check_lam(fn, "lam_max", lam_max)
     sq_min = jnp.sqrt(jnp.asarray(lam_min))
     sq_max = jnp.sqrt(jnp.asarray(lam_max))
     a = jnp.asarray(a)
@@ -408,31 +719,44 @@ def r12_toy_errors(a: Scalar, v0: Scalar) -> tuple[ScalarOut, ScalarOut]:
     [derived, R12b] $d = 2$, $k = 1$, $X = e_1^T$, $w^* = (a, 0)$, $B_0 = e_2^T$. LP cannot fit
     ($X B_0^T = 0$), so $w_{lp} = (0, v_0)$ and the error² is $a^2 + v_0^2$. FT keeps
     $b_2 = 1$ (R1), conserves $v^2 - b_1^2 = v_0^2$ (R2) and reaches $v b_1 = a$, so
-    $w_{ft} = (a, v_\infty)$ with $v_\infty^2 = (v_0^2 + \sqrt{v_0^4 + 4a^2})/2$.
-    The FT value is the limit of the flow for $v_0 \ne 0$; at $v_0 = 0$ the start
-    $(v, b_1) = (0, 0)$ is a stationary saddle and the flow stays at error² $a^2$.
+    $w_{ft} = (a, v_\infty)$ with $v_\infty^2 = (v_0^2 + \sqrt{v_0^4 + 4a^2})/2$ for $v_0 \ne 0$.
+    At $v_0 = 0$ the start $(v, b_1) = (0, 0)$ is a stationary saddle: FT does not move,
+    $w_{ft} = 0$ and its error² is $a^2$, LP's value (a tie). At $a = 0$ both are $v_0^2$.
+    Same values as `linfeat._closed_form_oracles.r12_toy`.
 
     Args:
-        a: target coefficient on the ID direction $e_1$.
+        a: target coefficient on the ID direction $e_1$ (any sign).
         v0: initial (scalar) head.
 
     Returns:
         `(lp_error2, ft_error2)`.
+
+    Raises:
+        ValueError: for concrete non-finite arguments (skipped under jit/vmap).
     """
+    _check_r12("r12_toy_errors", a, v0)
     a = jnp.asarray(a)
     v0 = jnp.asarray(v0)
     lp_error2 = a**2 + v0**2
-    ft_error2 = (v0**2 + jnp.sqrt(v0**4 + 4.0 * a**2)) / 2.0
+    flow_limit = (v0**2 + jnp.sqrt(v0**4 + 4.0 * a**2)) / 2.0
+    ft_error2 = jnp.where(v0 == 0, a**2, flow_limit)  # v0 = 0: the saddle, FT stays at B0
     return lp_error2, ft_error2
 
 
 def r12_ft_wins(a: Scalar, v0: Scalar) -> Array:
     r"""Whether converged FT has strictly lower OOD error than LP in the R12(b) toy.
 
-    [derived, R12b] Compares the two errors of `r12_toy_errors` through the cancellation-free
-    difference $\mathrm{LP} - \mathrm{FT} = \frac{2a^2(a^2 + v_0^2 - 1)}
-    {2a^2 + v_0^2 + \sqrt{v_0^4 + 4a^2}}$, so FT wins iff $a \ne 0$ and $a^2 + v_0^2 > 1$
-    (for $v_0 \ne 0$; see `r12_toy_errors`).
+    [derived, R12b] $\mathrm{LP} - \mathrm{FT} = \frac{2a^2(a^2 + v_0^2 - 1)}
+    {2a^2 + v_0^2 + \sqrt{v_0^4 + 4a^2}}$ for $v_0 \ne 0$, so FT wins iff $a \ne 0$,
+    $v_0 \ne 0$ and $a^2 + v_0^2 > 1$. The two exceptions are ties (FT does not win): at
+    $v_0 = 0$ FT starts at a saddle and does not move, at $a = 0$ both errors are $v_0^2$
+    (see `r12_toy_errors`). The condition is evaluated as the comparison
+    $v_0^2 > (1 - a)(1 + a)$ of two products rounded once each: no cancellation near
+    $|a| = 1$ (e.g. $a = 1$, $v_0 = 10^{-10}$: FT wins by $v_0^2/2$, which the rounded errors
+    of `r12_toy_errors` cannot resolve), correct whenever $|a^2 + v_0^2 - 1|$ exceeds a few
+    ulps of $\max(v_0^2, |1 - a^2|)$, and the same bits with or without `jit` (a comparison
+    leaves XLA no multiply-add to fuse). This is the single source of the decision:
+    `linfeat._closed_form_oracles.r12_toy` returns it as `ft_wins`.
 
     Args:
         a: target coefficient.
@@ -440,11 +764,20 @@ def r12_ft_wins(a: Scalar, v0: Scalar) -> Array:
 
     Returns:
         Boolean array.
+
+    Raises:
+        ValueError: for concrete non-finite arguments (skipped under jit/vmap).
     """
+    _check_r12("r12_ft_wins", a, v0)
     a = jnp.asarray(a)
     v0 = jnp.asarray(v0)
-    gap = (2.0 * a**2 * (a**2 + v0**2 - 1.0)) / (2.0 * a**2 + v0**2 + jnp.sqrt(v0**4 + 4.0 * a**2))
-    return gap > 0
+    outside = v0 * v0 > (1.0 - a) * (1.0 + a)  # a^2 + v0^2 > 1, see the docstring
+    return (a != 0) & (v0 != 0) & outside
+
+
+def _check_r12(fn: str, a, v0) -> None:
+    _check(fn, "a", a, what="finite", fix="pass the target coefficient w*_1 of the toy")
+    _check(fn, "v0", v0, what="finite", fix="pass the initial scalar head")
 
 
 # ---------------------------------------------------------------------------------------
@@ -453,7 +786,7 @@ def r12_ft_wins(a: Scalar, v0: Scalar) -> Array:
 
 
 class ProblemConstants(NamedTuple):
-    r"""The theory's constants of one problem and head (THEORY.md section 1).
+    r"""The theory's constants of one problem and head (docs/theory.md, section 1).
 
     Attributes:
         a: $\|v^*\| = \|w^*\|$.
@@ -484,10 +817,17 @@ class ProblemConstants(NamedTuple):
 
 
 def problem_constants(problem, v0: Head) -> ProblemConstants:
-    r"""All constants of THEORY.md section 1 for one `Problem` with ground truth and head `v0`.
+    r"""All constants of docs/theory.md (section 1) of one `Problem` with truth and head `v0`.
 
     Uses linfeat's metrics (`principal_constants`, `feature_alignment`) and the scalar
     formulas of this module; jit/vmap friendly (vmap over problems and heads for batches).
+
+    The eigenvalue range of a structured $\Sigma = a\Pi_S + b\Pi_{S^\perp} + LL^T$ depends on
+    whether $S^\perp = \{0\}$, i.e. on $m = \dim S = \operatorname{rank}(X)$ (`numerical_rank`),
+    not on the number of examples n: with $n \ge d$ and $m < d$ (e.g. $\Sigma = \Pi_S$),
+    $\lambda_{\min} = \min(a, b)$. The rank is an array, so the choice is a `jnp.where` between
+    the two cases of `linfeat._cov.eig_range` and works on concrete and traced inputs alike.
+    A dense $\Sigma$'s $\lambda_{\min}$ is clipped at 0 (it is PSD; eigvalsh may return -1e-17).
 
     Args:
         problem: a `linfeat.Problem` with `B_star` and `v_star` set.
@@ -503,23 +843,30 @@ def problem_constants(problem, v0: Head) -> ProblemConstants:
     a_star = U @ problem.v_star
     c_S, c_perp = principal_constants(problem)
     X = problem.X
-    kap = kappa(X)
-    sigma2_min = (singular_values(X)[0] / kap) ** 2
-    n, d = X.shape
-    lam_min, lam_max = eig_range(problem.ood_cov, d, min(n, d))
-    if isinstance(problem.ood_cov, SubspaceCov):
-        lam_perp = problem.ood_cov.scale_perp
+    s, keep = _input_spectrum(X)
+    kap, s_min_pos = _kappa_from_spectrum(s, keep)
+    rank = jnp.sum(keep)  # m = dim S, traced under jit/vmap
+    d = X.shape[1]
+    cov = problem.ood_cov
+    if isinstance(cov, SubspaceCov):
+        # eig_range branches on a Python `m < d`: evaluate both cases, select with the array.
+        lam_min_split, lam_max = eig_range(cov, d, d - 1)  # S^perp != {0}: min(a, b)
+        lam_min_full, _ = eig_range(cov, d, d)  # S = R^d: a
+        lam_min = jnp.where(rank < d, lam_min_split, lam_min_full)
+        lam_perp = cov.scale_perp
     else:
+        lam_min, lam_max = eig_range(cov, d, d)  # dense: exact eigenvalues, m not used
+        lam_min = jnp.maximum(lam_min, 0.0)
         lam_perp = lam_min
     return ProblemConstants(
-        a=jnp.linalg.norm(problem.v_star),
+        a=jnp.sqrt(jnp.sum(problem.v_star**2)),
         a_star=a_star,
         eps=eps,
         c_S=c_S,
         c_perp=c_perp,
         phi=head_alignment_error(v0, a_star),
         kappa=kap,
-        sigma2_min=sigma2_min,
+        sigma2_min=s_min_pos**2,
         lam_min=jnp.asarray(lam_min, X.dtype),
         lam_max=jnp.asarray(lam_max, X.dtype),
         lam_perp=jnp.asarray(lam_perp, X.dtype),
@@ -537,7 +884,7 @@ class R5Bounds(NamedTuple):
 def r5_bounds(problem, v0: Head) -> R5Bounds:
     r"""R5's lower bounds for FT from $(v_0, B_0)$ on `problem`, valid at every t.
 
-    - `printed` [paper, unsure; false as stated, THEORY.md R5]: lower bound on $\|e(t)\|$
+    - `printed` [paper, unsure; false as stated, docs/theory.md R5]: lower bound on $\|e(t)\|$
       ($= \sqrt{L_{ood}}$ for $\Sigma = I$), `r5_printed_bound`.
     - `rigorous_error` [derived]: $\|e(t)\| \ge c_\perp\delta_0 - \varepsilon a$.
     - `rigorous` [derived]: $\sqrt{L_{ood}(t)} \ge \sqrt{\lambda_{\min}(\Sigma)}
@@ -581,8 +928,31 @@ def r5_perp_bound(
         lam_perp: $b$, the weight of $\Pi_{S^\perp}$ in $\Sigma$.
 
     Returns:
-        The bound (0 when vacuous).
+        The bound (0 when vacuous; NaN where `train_loss` is NaN, e.g. a diverged run).
+
+    Raises:
+        ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
+    fn = "r5_perp_bound"
+    _check(
+        fn,
+        "train_loss",
+        train_loss,
+        lo=0.0,
+        finite=False,
+        what=">= 0 (the training loss along the trajectory)",
+        fix="pass `trajectory.metrics.train_loss`",
+    )
+    _check(
+        fn,
+        "sigma2_min",
+        sigma2_min,
+        lo=0.0,
+        lo_open=True,
+        what="a finite number > 0 (the smallest non-zero eigenvalue of X^T X)",
+        fix="take it from `problem_constants(problem, v0).sigma2_min`",
+    )
+    _check_lam(fn, "lam_perp", lam_perp)
     r = jnp.maximum(jnp.asarray(rigorous_error), 0.0)
     gap = r**2 - jnp.asarray(train_loss) / jnp.asarray(sigma2_min)
     return jnp.sqrt(jnp.asarray(lam_perp)) * jnp.sqrt(jnp.maximum(gap, 0.0))

@@ -1,4 +1,4 @@
-r"""Public namespace of the analytic side: every bound and closed form of THEORY.md.
+r"""Public namespace of the analytic side: every bound and closed form of docs/theory.md.
 
 Each function is written for one instance, is pure `jax.numpy` and jits/vmaps; docstrings
 state the formula and its label ([paper], [derived], [unsure]). Scalar formulas take plain
@@ -10,6 +10,7 @@ from ._theory import ProblemConstants as ProblemConstants
 from ._theory import R5Bounds as R5Bounds
 from ._theory import head_alignment_error as head_alignment_error
 from ._theory import kappa as kappa
+from ._theory import numerical_rank as numerical_rank
 from ._theory import principal_angle_distance as principal_angle_distance
 from ._theory import problem_constants as problem_constants
 from ._theory import procrustes as procrustes

@@ -127,7 +127,7 @@ def test_procrustes_matches_principal_angles(eps):
     rng = np.random.default_rng(0)
     insts = [make_instance(rng, d=9, k=3, m=4, n=6, eps=eps) for _ in range(5)]
     B0, B_star, R = (np.stack([i[n] for i in insts]) for n in ("B0", "B_star", "R"))
-    U, dist = (np.asarray(x) for x in _procrustes_batch(B0, B_star))
+    dist, U = (np.asarray(x) for x in _procrustes_batch(B0, B_star))
     pad = np.asarray(_principal_angle_distance_batch(B0, B_star))
     # The generator fixes the distance up to the rounding of B0's unit-norm rows (~1e-16
     # absolute), which bounds the accuracy of any method at tiny eps: atol = 1e-14.
@@ -156,7 +156,7 @@ def test_principal_angle_distance_unrelated_subspaces(k, d):
     rng = np.random.default_rng(d)
     B0 = np.stack([_orthogonal(rng, d)[:k] for _ in range(20)])
     Bs = np.stack([_orthogonal(rng, d)[:k] for _ in range(20)])
-    _, dist = _procrustes_batch(B0, Bs)
+    dist, _ = _procrustes_batch(B0, Bs)
     pad = np.asarray(_principal_angle_distance_batch(B0, Bs))
     np.testing.assert_allclose(np.asarray(dist), pad, rtol=1e-12)
     assert np.all((pad >= 0.0) & (pad <= np.sqrt(2.0) + RTOL))
@@ -181,7 +181,7 @@ def test_kappa_against_numpy():
 
 
 def test_r5_printed_constant_counterexample():
-    """[derived, R5] THEORY's counterexample: the printed bound fails at t = 0."""
+    """[derived, R5] docs/theory.md's counterexample: the printed bound fails at t = 0."""
     b0 = np.array([np.sqrt(0.19), 0.0, 0.9, 0.0])
     B0 = B_star = b0[None, :]
     v_star, v0 = np.array([5.0]), np.array([4.9])
@@ -192,7 +192,7 @@ def test_r5_printed_constant_counterexample():
     c_S = np.linalg.svd(Q @ Q.T @ B0.T, compute_uv=False)[k - 1]
     c_perp = np.linalg.svd(Pi_perp @ B0.T, compute_uv=False)[k - 1]
     assert c_S > 0.4 and np.isclose(c_perp, 0.9, rtol=RTOL)
-    U, eps = procrustes(B0, B_star)
+    eps, U = procrustes(B0, B_star)
     a_star = np.asarray(U) @ v_star
     phi = float(head_alignment_error(v0, a_star))
     np.testing.assert_allclose(phi, _phi_np(v0, a_star), rtol=RTOL)
@@ -204,7 +204,7 @@ def test_r5_printed_constant_counterexample():
     printed = float(r5_printed_bound(c_perp, k, phi, w_norm, eps))
     expected = c_perp / np.sqrt(k) * min(phi, phi**2 / w_norm) / (1 + w_norm) ** 2
     np.testing.assert_allclose(printed, expected, rtol=RTOL)
-    assert round(printed, 3) == 0.124  # THEORY's "0.9 * 4.95 / 36 ~ 0.124"
+    assert round(printed, 3) == 0.124  # docs/theory.md's "0.9 * 4.95 / 36 ~ 0.124"
     assert printed > err0 + 0.02  # the printed bound is violated at t = 0
 
     rigorous = float(r5_rigorous_bound(c_perp, phi, 5.0, eps))
