@@ -1,10 +1,11 @@
-r"""Closed-form linear probing (THEORY.md section 2)."""
+r"""Closed-form linear probing (docs/theory.md, section 2)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._eigh import lstsq
 from ._problem import Problem
 
 
@@ -19,6 +20,6 @@ def linear_probe(problem: Problem, v0: Float[Array, " k"] | None = None) -> Floa
     A = problem.X @ problem.B0.T
     if v0 is None:
         v0 = jnp.zeros(A.shape[1], A.dtype)
-    # lstsq (SVD with a relative cut-off) is the minimum-norm solution of A u = Y - A v0.
-    u, *_ = jnp.linalg.lstsq(A, problem.Y - A @ v0)
-    return v0 + u
+    # lstsq (SVD with LAPACK's relative cut-off, from k x k Gram matrices: `linfeat._eigh`,
+    # no LAPACK call) is the minimum-norm solution of A u = Y - A v0.
+    return v0 + lstsq(A, problem.Y - A @ v0)

@@ -1,7 +1,7 @@
 r"""Second moments of the ID and OOD input distributions, dense or structured.
 
 A second moment $\Sigma = E[x x^T]$ enters linfeat only through quadratic forms
-$e^T \Sigma e$ (THEORY.md R3). For large d it is never formed: `SubspaceCov` stores
+$e^T \Sigma e$ (docs/theory.md R3). For large d it is never formed: `SubspaceCov` stores
 $\Sigma = a\,\Pi_S + b\,\Pi_{S^\perp} + L L^T$, where S = rowspace(X) of the problem it
 belongs to, and $L \in R^{d \times r}$ is a low-rank factor.
 """
@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ._eigh import eigvalsh
 from ._linalg import singular_values
 
 
@@ -38,10 +39,40 @@ Cov = Float[Array, "d d"] | SubspaceCov
 
 
 def subspace_cov(d: int, *, scale_S=0.0, scale_perp=0.0, factor=None, dtype=None) -> SubspaceCov:
-    r"""Builds $\Sigma = a\,\Pi_S + b\,\Pi_{S^\perp} + L L^T$ (see `SubspaceCov`)."""
-    dtype = dtype or jnp.result_type(float)
+    r"""Builds $\Sigma = a\,\Pi_S + b\,\Pi_{S^\perp} + L L^T$ (see `SubspaceCov`).
+
+    Args:
+        d: input dimension (a positive int).
+        scale_S, scale_perp: $a, b \ge 0$, finite (scalars, or arrays for a batch of second
+            moments: every entry is checked).
+        factor: $L$, a real (d, r) matrix (integer entries are converted), default r = 0.
+        dtype: floating dtype; default the JAX default float.
+
+    Raises:
+        ValueError: naming the argument, for a non-int `d`, negative/NaN/inf or complex
+            scales, a factor that is not a finite real 2-D array with d rows, or a
+            non-floating `dtype`. Values are checked when concrete (skipped under jit/vmap,
+            where shapes and dtypes are still checked).
+    """
+    import numpy as np
+
+    from . import _validate as V
+
+    d = V.check_int("d", d, min=1)
+    dtype = jnp.result_type(float) if dtype is None else V.check_float_dtype("dtype", dtype)
+    fix = "a second moment a Pi_S + b Pi_perp + L L^T needs variances a, b >= 0."
+    V.check_nonneg("scale_S", scale_S, fix=fix)
+    V.check_nonneg("scale_perp", scale_perp, fix=fix)
     if factor is None:
         factor = jnp.zeros((d, 0), dtype)
+    else:
+        V.check_real_float("factor", factor, allow_int=True)
+        if np.ndim(factor) != 2 or np.shape(factor)[0] != d:
+            raise ValueError(
+                f"`factor` must be a (d, r) = ({d}, r) matrix (L in L L^T), got shape "
+                f"{np.shape(factor)}; pass L with one row per input dimension."
+            )
+        V.check_finite("factor", factor, allow_int=True)
     return SubspaceCov(
         jnp.asarray(scale_S, dtype), jnp.asarray(scale_perp, dtype), jnp.asarray(factor, dtype)
     )
@@ -93,6 +124,7 @@ def eig_range(cov: Cov, d: int, m: int) -> tuple[Float[Array, ""], Float[Array, 
         lo = jnp.minimum(cov.scale_S, cov.scale_perp) if m < d else cov.scale_S
         top = singular_values(cov.factor.T)[0] ** 2 if cov.factor.shape[1] else 0.0
         return lo, jnp.maximum(cov.scale_S, cov.scale_perp) + top
-    # Symmetrise so that eigvalsh sees exactly the matrix whose quadratic form we use.
-    w = jnp.linalg.eigvalsh(0.5 * (cov + cov.T))
+    # Symmetrise so that eigvalsh sees exactly the matrix whose quadratic form we use (pure-JAX
+    # Jacobi, `linfeat._eigh`: batched LAPACK kernels can deadlock in jitted vmaps on CPU).
+    w = eigvalsh(0.5 * (cov + cov.T))
     return w[0], w[-1]

@@ -5,12 +5,19 @@ Why: on CPU, `jnp.linalg.qr` of a 200 x 51 matrix took 98 ms and `svd` of 1e5 x 
 0.19 s. Accuracy is restored by a second pass (the "CholeskyQR2" idea with eigh): after one
 pass the columns are orthonormal to $O(\kappa^2 \epsilon)$, after two to $O(\epsilon)$ for
 $\kappa < 10^{7}$. Columns of numerical rank zero come back as exact zero columns.
+
+Every decomposition here is `linfeat._eigh` (pure-JAX Jacobi, no LAPACK custom call: batched
+LAPACK kernels can deadlock on a 2-core CPU inside one jitted program), whose derivative is
+finite at repeated eigenvalues (Gram matrices of rank-deficient data have many zeros); masked
+reciprocals use a double `where`, so no NaN reaches a gradient either.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from ._eigh import eigh, svdvals
 
 
 def _rank_cut(lam: Float[Array, " c"], rows: int) -> Float[Array, ""]:
@@ -21,7 +28,7 @@ def _rank_cut(lam: Float[Array, " c"], rows: int) -> Float[Array, ""]:
 
 
 def _one_pass(M: Float[Array, "d c"]) -> tuple[Float[Array, "d c"], Float[Array, " c"]]:
-    lam, V = jnp.linalg.eigh(M.T @ M)
+    lam, V = eigh(M.T @ M)
     keep = lam > _rank_cut(lam, M.shape[0])
     inv_sqrt = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     # Columns of M V diag(lam^-1/2) are orthonormal, or exactly zero where lam is cut.
@@ -40,11 +47,18 @@ def orthonormalize(M: Float[Array, "d c"]) -> Float[Array, "d c"]:
 
 
 def polar(M: Float[Array, "d c"]) -> Float[Array, "d c"]:
-    r"""The polar factor $M (M^TM)^{-1/2}$: the closest matrix to M with orthonormal columns."""
-    lam, V = jnp.linalg.eigh(M.T @ M)
+    r"""The polar factor $M (M^TM)^{-1/2}$: the closest matrix to M with orthonormal columns.
+
+    M must have full column rank. A final Newton-Schulz step $P(3I - P^TP)/2$ changes the
+    value only by rounding but makes the derivative exactly tangent to the Stiefel manifold,
+    also where $M^TM$ has repeated eigenvalues (e.g. M already orthonormal), at which the
+    eigenvector derivative alone drops the coupling inside the degenerate eigenspace.
+    """
+    lam, V = eigh(M.T @ M)
     P = (M @ V) / jnp.sqrt(lam) @ V.T
-    lam, V = jnp.linalg.eigh(P.T @ P)  # second pass: orthonormal to rounding
-    return (P @ V) / jnp.sqrt(lam) @ V.T
+    lam, V = eigh(P.T @ P)  # second pass: orthonormal to rounding
+    P = (P @ V) / jnp.sqrt(lam) @ V.T
+    return P @ (1.5 * jnp.eye(P.shape[1], dtype=P.dtype) - 0.5 * (P.T @ P))
 
 
 def complete_basis(Q: Float[Array, "d r"], E: Float[Array, "d q"]) -> Float[Array, "d q"]:
@@ -68,14 +82,14 @@ def row_space_basis(
     then a second pass in the r x r Gram $(XQ)^T(XQ)$, which makes Q orthonormal to rounding
     and $Q^T X^T X Q$ diagonal. Columns of zero singular value are zero.
     """
-    lam, U = jnp.linalg.eigh(X @ X.T)
+    lam, U = eigh(X @ X.T)
     lam, U = lam[::-1], U[:, ::-1]  # descending, like an SVD
     keep = lam > _rank_cut(lam, X.shape[1])
     inv_s = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
     Q = (X.T @ U) * inv_s
     Q = orthonormalize(Q)
     XQ = X @ Q
-    lam2, V = jnp.linalg.eigh(XQ.T @ XQ)
+    lam2, V = eigh(XQ.T @ XQ)
     lam2, V = lam2[::-1], V[:, ::-1]
     Q = Q @ V
     keep2 = (lam2 > _rank_cut(lam2, X.shape[1])) & (jnp.sum(Q**2, axis=0) > 0.5)
@@ -88,9 +102,10 @@ def singular_values(M: Float[Array, "k d"]) -> Float[Array, " k"]:
 
     `jnp.linalg.svd(M, compute_uv=False)` of a 10 x 10000 matrix allocated 800 MB on CPU
     (jax 0.10.2): it forms the full right factor. Here $M = (MQ)Q^T$ with Q an orthonormal
-    basis of rowspace(M) (`orthonormalize`, relative accuracy), and the SVD is of $MQ$ (k x k).
+    basis of rowspace(M) (`orthonormalize`, relative accuracy), and the singular values are
+    those of $MQ$ (k x k, `linfeat._eigh.svdvals`).
     """
     k, d = M.shape
     if d <= k:
-        return jnp.linalg.svd(M, compute_uv=False)
-    return jnp.linalg.svd(M @ orthonormalize(M.T), compute_uv=False)
+        return svdvals(M)
+    return svdvals(M @ orthonormalize(M.T))
