@@ -1,27 +1,87 @@
-"""What a researcher would otherwise write: (a) SciPy DOP853 on the full (v, B) state in a
-Python loop, (b) diffrax on the full state (no exact reduction), vmapped and looped, (c) optax
-gradient descent in `lax.scan`. Each is given the same problem, head and tolerances as linfeat.
+"""What a researcher would otherwise write, on the same instances, heads and stopping rule.
+
+- `scipy_full`: SciPy `solve_ivp` (DOP853 by default) on the full state (v, B) in R^(k + kd)
+  with a plain NumPy field: no reduction, explicit.
+- `scipy_reduced`: SciPy BDF, Radau or LSODA on linfeat's exact reduced state (v, A = BQ) in
+  R^(k + kr), with the analytic Jacobian written in NumPy (`reduced_jacobian`, from the
+  formulas in the docstring of `linfeat._flows.FineTune.factor`; checked against
+  finite differences in `check_jacobian`). The reduction comes from `lf.reduce` (untimed).
+- `kvaerno5_vmap`: diffrax `Kvaerno5` (ESDIRK, order 5, implicit) on the reduced state,
+  `jax.jit(jax.vmap(diffeqsolve))` with linfeat's `FineTune` field, a `PIDController` and a
+  gradient-norm event; Newton solves use diffrax's default (VeryChord + a dense LU of
+  `jax.jacfwd`).
+
+Every solver stops when the gradient norm (the norm of the field) falls below the same
+`grad_tol` as linfeat, or at `t_max` (the benchmark passes linfeat's own stop time on the
+instance, so each baseline integrates the same trajectory). Each returns the final
+w = B^T v in R^d, the stop time, and the number of steps.
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
+import ctypes
+import functools
+import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from scipy.integrate import solve_ivp
 
-import linfeat as lf
+_BLAS_PREFIXES = ("scipy_openblas_", "openblas_")
+_BLAS_SUFFIXES = ("", "64_")
 
 
-def scipy_dop853(p, v0, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, t_max=None):
-    """(a) `solve_ivp(method="DOP853")` on the full state with a terminal gradient event.
+def _openblas_libs():
+    """(get, set) thread-count functions of every OpenBLAS loaded in this process."""
+    paths = sorted({ln.split()[-1] for ln in open("/proc/self/maps") if "openblas" in ln.lower()})
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for pre in _BLAS_PREFIXES:
+            for suf in _BLAS_SUFFIXES:
+                get, put = f"{pre}get_num_threads{suf}", f"{pre}set_num_threads{suf}"
+                if hasattr(lib, get) and hasattr(lib, put):
+                    out.append((getattr(lib, get), getattr(lib, put)))
+    return out
 
-    Returns (final w, stop time, number of field evaluations).
-    """
-    X, Y, B0 = (np.asarray(a) for a in (p.X, p.Y, p.B0))
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """Runs the block with n OpenBLAS threads in NumPy's and SciPy's BLAS (what threadpoolctl
+    does): the SciPy baselines factor (k + kr)^2 matrices, for which one thread is fastest
+    (BDF on one `small` instance: 0.17 s with one thread, 1.0 s with two on a busy machine)."""
+    libs = _openblas_libs() if os.path.exists("/proc/self/maps") else []
+    before = [get() for get, _ in libs]
+    for _, put in libs:
+        put(n)
+    try:
+        yield len(libs)
+    finally:
+        for (_, put), k in zip(libs, before, strict=True):
+            put(k)
+
+
+def _event(field, grad_tol):
+    def converged(t, y):
+        return np.linalg.norm(field(t, y)) - grad_tol
+
+    converged.terminal = True
+    converged.direction = -1
+    return converged
+
+
+def _final(sol):
+    if sol.t_events is not None and sol.t_events[0].size:
+        return sol.y_events[0][0], float(sol.t_events[0][0])
+    return sol.y[:, -1], float(sol.t[-1])
+
+
+def scipy_full(X, Y, B0, v0, *, t_max, grad_tol, rtol, atol, method="DOP853"):
+    """`solve_ivp` on (v, B) in R^(k + kd) with the paper's field; returns (w, t_stop, nfev)."""
+    X, Y, B0, v0 = (np.asarray(a, np.float64) for a in (X, Y, B0, v0))
     k, d = B0.shape
 
     def field(t, y):
@@ -29,118 +89,127 @@ def scipy_dop853(p, v0, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, t_max=None):
         Xr = X.T @ (X @ (B.T @ v) - Y)
         return np.concatenate([-2.0 * (B @ Xr), (-2.0 * np.outer(v, Xr)).ravel()])
 
-    def converged(t, y):
-        return np.linalg.norm(field(t, y)) - grad_tol
-
-    converged.terminal = True
-    lam = np.linalg.eigvalsh(X @ X.T).max()
-    ts = np.concatenate([[0.0], np.logspace(-2, 6, 63) / lam])
-    t_end = 1e6 / lam if t_max is None else t_max
-    ts = ts[ts <= t_end]
-    y0 = np.concatenate([np.asarray(v0), B0.ravel()])
+    y0 = np.concatenate([v0, B0.ravel()])
     sol = solve_ivp(
-        field, (0.0, t_end), y0, method="DOP853", rtol=rtol, atol=atol, t_eval=ts, events=converged
-    )
-    y = sol.y[:, -1] if sol.t_events[0].size == 0 else sol.y_events[0][0]
-    t_stop = sol.t[-1] if sol.t_events[0].size == 0 else sol.t_events[0][0]
-    v, B = y[:k], y[k:].reshape(k, d)
-    return B.T @ v, float(t_stop), sol.nfev
-
-
-def diffrax_full(p, v0, t_max=None, **kw):
-    """(b) diffrax Tsit5 on the full (v, B) state: linfeat's own `mode="full"` reference path.
-
-    With `t_max`, the 64 save times are log-spaced up to it (the default grid ends at
-    1e6 / lambda_max, which would override a shorter horizon).
-    """
-    if t_max is not None:
-        grid = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0, 63)])
-        kw.update(ts=t_max * grid, t_max=t_max)
-    return lf.fine_tune(p, v0, mode="full", check=False, **kw)
-
-
-def w_final(tr):
-    return jnp.einsum("...kd,...k->...d", tr.B_final, tr.v_final)
-
-
-def gd_error_and_cost(p, v0, w_ref, etas, *, horizon_factor=3.0, t_final=1.0):
-    """(c) optax SGD (full batch) in `lax.scan` for step sizes `etas`, run to the flow's
-    convergence time: returns final-w error vs the flow limit and seconds per step.
-
-    GD with step eta follows the flow only to O(eta), so the step needed for 1e-8 is found by
-    extrapolating the measured error linearly in eta.
-    """
-    X, Y = p.X, p.Y
-    rows = []
-    for eta in etas:
-        n_steps = int(np.ceil(horizon_factor * t_final / eta))
-        opt = optax.sgd(eta)
-
-        def loss(params):
-            v, B = params
-            return jnp.sum((X @ (B.T @ v) - Y) ** 2)
-
-        @jax.jit
-        def run(params):
-            state = opt.init(params)
-
-            def body(carry, _):
-                params, state = carry
-                g = jax.grad(loss)(params)
-                upd, state = opt.update(g, state)
-                return (optax.apply_updates(params, upd), state), None
-
-            (params, _), _ = jax.lax.scan(body, (params, state), None, length=n_steps)
-            return params
-
-        params = (v0, p.B0)
-        t = time.perf_counter()
-        jax.block_until_ready(run(params))
-        t_c = time.perf_counter() - t
-        t = time.perf_counter()
-        v, B = jax.block_until_ready(run(params))
-        t_r = time.perf_counter() - t
-        err = float(jnp.linalg.norm(B.T @ v - w_ref) / jnp.linalg.norm(w_ref))
-        rows.append(
-            dict(
-                eta=eta,
-                steps=n_steps,
-                rel_err_w=err,
-                run_s=t_r,
-                compile_s=t_c - t_r,
-                s_per_step=t_r / n_steps,
-            )
-        )
-    return rows
-
-
-def diffrax_full_raw(p, v0, t_max, *, rtol=1e-12, atol=1e-14, grad_tol=1e-9, num_save=64):
-    """(b) diffrax Tsit5 on the full (v, B) state, written directly (no metrics).
-
-    Returns (final w, number of steps, stop time).
-
-    `lf.fine_tune(mode="full")` also evaluates the metrics in R^d, which ran out of memory at
-    d = 1e4; this is the plain solve a researcher would write.
-    """
-    X, Y = p.X, p.Y
-
-    def field(t, y, args):
-        v, B = y
-        Xr = X.T @ (X @ (B.T @ v) - Y)
-        return -2.0 * (B @ Xr), -2.0 * jnp.outer(v, Xr)
-
-    def converged(t, y, args, **kw):
-        fv, fB = field(t, y, args)
-        return jnp.sqrt(jnp.sum(fv**2) + jnp.sum(fB**2)) < grad_tol
-
-    import diffrax
-
-    ts = t_max * jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0, num_save - 1)])
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Tsit5(), t0=0.0, t1=t_max, dt0=None, y0=(v0, p.B0),
-        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=diffrax.Event(converged), max_steps=100_000, throw=False,
+        field, (0.0, float(t_max)), y0, method=method, rtol=rtol, atol=atol,
+        events=_event(field, grad_tol), t_eval=[float(t_max)],
     )  # fmt: skip
-    v, B = (x[0] for x in sol.ys[1])
-    return B.T @ v, sol.stats["num_steps"], sol.ts[1][0]
+    y, t_stop = _final(sol)
+    v, B = y[:k], y[k:].reshape(k, d)
+    return B.T @ v, t_stop, int(sol.nfev)
+
+
+def reduced_field(sigma2, g, k):
+    """The FT field on y = [v, vec(A)] (A row-major, k x r) in NumPy."""
+    r = sigma2.shape[0]
+
+    def field(t, y):
+        v, A = y[:k], y[k:].reshape(k, r)
+        rho = sigma2 * (A.T @ v) - g
+        return np.concatenate([-2.0 * (A @ rho), (-2.0 * np.outer(v, rho)).ravel()])
+
+    return field
+
+
+def reduced_jacobian(sigma2, g, k):
+    r"""Analytic Jacobian of `reduced_field` (dense, (k + kr)^2) in NumPy.
+
+    With $\rho = \mathrm{diag}(s^2) A^T v - g$ and $\delta w = A^T\delta v + \delta A^T v$
+    (`FineTune.factor`): $J(\delta v, \delta A) = (-2\delta A\rho - 2A\,\mathrm{diag}(s^2)
+    \delta w,\ -2(\delta v\rho^T + v(\mathrm{diag}(s^2)\delta w)^T))$, i.e.
+    dv/dv = -2 A S A^T, dv_i/dA_ab = -2(δ_ia ρ_b + A_ib s²_b v_a),
+    dA_ij/dv_l = -2(δ_il ρ_j + v_i s²_j A_lj), dA_ij/dA_ab = -2 v_i v_a s²_j δ_jb.
+    """
+    r = sigma2.shape[0]
+    eye_k, eye_r = np.eye(k), np.eye(r)
+
+    def jac(t, y):
+        v, A = y[:k], y[k:].reshape(k, r)
+        rho = sigma2 * (A.T @ v) - g
+        AS = A * sigma2  # A diag(s^2)
+        J = np.empty((k + k * r, k + k * r))
+        J[:k, :k] = -2.0 * AS @ A.T
+        # dv_i / dA_ab, column index a * r + b
+        J[:k, k:] = -2.0 * (
+            np.einsum("ia,b->iab", eye_k, rho) + np.einsum("ib,a->iab", AS, v)
+        ).reshape(k, k * r)
+        # dA_ij / dv_l, row index i * r + j
+        J[k:, :k] = -2.0 * (
+            np.einsum("il,j->ijl", eye_k, rho) + np.einsum("i,lj->ijl", v, AS)
+        ).reshape(k * r, k)
+        J[k:, k:] = -2.0 * np.einsum("i,a,j,jb->ijab", v, v, sigma2, eye_r).reshape(k * r, k * r)
+        return J
+
+    return jac
+
+
+def check_jacobian(sigma2, g, k, y, eps=1e-6) -> float:
+    """Largest relative difference between `reduced_jacobian` and central differences."""
+    f, jac = reduced_field(sigma2, g, k), reduced_jacobian(sigma2, g, k)
+    J = jac(0.0, y)
+    fd = np.empty_like(J)
+    for j in range(y.size):
+        e = np.zeros_like(y)
+        e[j] = eps
+        fd[:, j] = (f(0.0, y + e) - f(0.0, y - e)) / (2 * eps)
+    return float(np.abs(J - fd).max() / np.abs(J).max())
+
+
+def scipy_reduced(red, B0, v0, *, t_max, grad_tol, rtol, atol, method):
+    """`solve_ivp` (BDF, Radau, LSODA) on the reduced (v, A) with the analytic Jacobian.
+
+    `red` is `lf.reduce(problem)` (NumPy arrays suffice), `B0` the problem's features (to
+    embed the final A = BQ in R^d). Returns (w, t_stop, nfev, njev).
+    """
+    sigma2, g, A0, Q, B0 = (np.asarray(x, np.float64) for x in
+                            (red.sigma2, red.g, red.A0, red.basis, B0))  # fmt: skip
+    k, r = A0.shape
+    field, jac = reduced_field(sigma2, g, k), reduced_jacobian(sigma2, g, k)
+    y0 = np.concatenate([np.asarray(v0, np.float64), A0.ravel()])
+    sol = solve_ivp(
+        field, (0.0, float(t_max)), y0, method=method, rtol=rtol, atol=atol, jac=jac,
+        events=_event(field, grad_tol), t_eval=[float(t_max)],
+    )  # fmt: skip
+    y, t_stop = _final(sol)
+    v, A = y[:k], y[k:].reshape(k, r)
+    B = B0 + (A - A0) @ Q.T
+    return B.T @ v, t_stop, int(sol.nfev), int(sol.njev)
+
+
+@functools.cache
+def kvaerno5_vmap():
+    """jit(vmap) of diffrax Kvaerno5 on the reduced state: f(sigma2, g, v0, A0, t_max,
+    grad_tol, rtol, atol) -> (v_final, A_final, t_stop, num_steps, converged, failed),
+    batched over everything but the tolerances (traced: one compilation for every rtol)."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    from linfeat._flows import FineTune, FlowData, gradient_norm
+
+    flow = FineTune()
+
+    def one(sigma2, g, v0, A0, t_max, grad_tol, rtol, atol):
+        def converged(t, y, args, **kw):
+            return gradient_norm(flow.field(y, args)) < grad_tol
+
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(lambda t, y, a: flow.field(y, a)),
+            diffrax.Kvaerno5(),
+            t0=jnp.zeros((), t_max.dtype),
+            t1=t_max,
+            dt0=None,
+            y0=(v0, A0),
+            args=FlowData(sigma2, g),
+            saveat=diffrax.SaveAt(t1=True),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            event=diffrax.Event(converged),
+            max_steps=100_000,
+            throw=False,
+        )
+        v, A = (x[0] for x in sol.ys)
+        conv = sol.result == diffrax.RESULTS.event_occurred
+        ok = conv | (sol.result == diffrax.RESULTS.successful)
+        return v, A, sol.ts[0], sol.stats["num_steps"], conv, ~ok
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None, None)))

@@ -1,198 +1,301 @@
 # ruff: noqa: E501
-"""Renders a results JSON of the runner as the Markdown tables of BENCHMARKS.md.
+"""Renders a results JSON of the runner as Markdown tables, with verdicts computed from it.
 
-Usage: `python -m benchmarks.report benchmarks/results.json`.
+Usage: `python -m benchmarks.report [benchmarks/results.json]`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+
+ACC = 1e-8
+NATURAL_MIN = 2 / 3  # natural path >= 2/3 of fine_tune_batch's throughput on `small`
+MEMORY_MAX_GB = 4.0
+# previous-release setting -> the current fine_tune_batch row it is compared with
+PREVIOUS_PAIRS = {
+    "bench": (False, "its benchmark setting (no metrics, rtol 1e-8) vs defaults without metrics"),
+    "defaults": (True, "defaults vs defaults (metrics on)"),
+}
 
 
-def render(res: dict) -> str:
-    m = res["machine"]
-    out = [
-        f"Run: {res['started']} to {res.get('finished', '?')} ({'--quick' if res['quick'] else 'full'}). "
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('mem_total_gb', 0):.0f} GB, {m['platform']}; "
-        f"JAX {m['versions']['jax']} ({m['backend']}, devices {len(m['devices'])}), "
-        f"diffrax {m['versions']['diffrax']}, optax {m['versions']['optax']}, scipy {m['versions']['scipy']}, "
-        f"numpy {m['versions']['numpy']}, Python {m['versions']['python']}. "
-        f"Load average at start {m['load_avg_1_5_15'][0]:.1f}, at end {res.get('load_avg_end', [float('nan')])[0]:.1f} "
-        f"(shared machine). Measured roofline: {m['peak_flops_measured'] / 1e9:.1f} GFLOP/s "
-        f"(f64 matmul, both cores), {m['dram_bandwidth_measured'] / 1e9:.1f} GB/s (DRAM triad).",
-        "",
-    ]
-    if "compile" in res:
-        c = res["compile"]
-        out += [
-            f"Compile (new shapes, `small`, b = 64): first call {c['first_call_s']:.2f} s, second "
-            f"{c['second_call_s']:.2f} s, so {c['compile_s']:.2f} s of compilation; second call "
-            f"recompiled: {c['recompiled']}.",
-            "",
-        ]
-    if "protocol" in res:
-        pr = res["protocol"]
-        out += [
-            f"Protocol: gradient test {pr['grad_tol']:.0e}; linfeat ({pr['solver']}) at rtol "
-            f"{pr['tol']['rtol']:.0e} / atol {pr['tol']['atol']:.0e}, baselines at rtol "
-            f"{pr['baseline_tol']['rtol']:.0e} / atol {pr['baseline_tol']['atol']:.0e} (each the "
-            f"loosest that meets {pr['acc']:.0e}); baselines integrate over linfeat's time span "
-            "on each instance.",
-            "",
-        ]
-    nan = float("nan")
-    out += [
-        "| workload | batch | method | run s | setup s | integrate s | output s | compile s | traj/s | traj/s integrate | steps mean / max | converged | µs per lane-step | GFLOP/s | GB/s |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in res.get("throughput", []):
-        smax = f" / {r['steps_max']}" if "steps_max" in r else ""
-        conv = f"{r['converged']:.1%}" if "converged" in r else ""
-        out.append(
-            f"| {r['workload']} | {r['batch']} | {r['method']} | {r['run_s']:.3f} | "
-            f"{r.get('setup_s', nan):.3f} | {r.get('integrate_s', nan):.3f} | "
-            f"{r.get('output_s', nan):.3f} | {r['compile_s']:.2f} | {r['traj_per_s']:.1f} | "
-            f"{r.get('traj_per_s_integrate', nan):.0f} | "
-            f"{r.get('steps_mean', nan):.0f}{smax} | {conv} | {r.get('us_per_lane_step', nan):.1f} | "
-            f"{r.get('gflops', nan):.2f} | {r.get('gbytes', nan):.2f} |"
-        )
-        out[-1] = out[-1].replace("| nan ", "| – ")  # not measured for this method
-    out += [
-        "",
-        "Accuracy (final w = B^T v vs the tight reference at the method's own stop time, relative; pass < 1e-8):",
-        "",
-    ]
-    out += ["| workload | method | max rel err | pass |", "|---|---|---:|---|"]
-    worst = {}
-    for c in res.get("accuracy", []):
-        key = (c["workload"], c["method"])
-        worst[key] = max(worst.get(key, 0.0), c["rel_err_w"])
-    for (wl, mth), e in worst.items():
-        out.append(f"| {wl} | {mth} | {e:.1e} | {'yes' if e < 1e-8 else 'NO'} |")
-    if "gd" in res:
-        g = res["gd"]
-        out += ["", "(c) optax gradient descent (`small`, one instance, `lax.scan`):", ""]
-        out += ["| eta | steps | rel err of w | run s |", "|---:|---:|---:|---:|"]
-        for r in g["rows"]:
-            out.append(
-                f"| {r['eta']:.0e} | {r['steps']} | {r['rel_err_w']:.2e} | {r['run_s']:.3f} |"
-            )
-        out += [
-            "",
-            f"Error is first order in eta; 1e-8 needs eta ~ {g['eta_needed']:.1e}, about "
-            f"{g['steps_needed']:.1e} steps, ~{g['est_s_per_traj']:.0f} s per trajectory "
-            f"(extrapolated from the measured cost per step).",
-        ]
-    if res.get("dscaling"):
-        out += ["", "d-scaling (k = 10, m = 50, n = 100, one trajectory, 64 saves):", ""]
-        out += [
-            "| d | setup s | solve s | steps | status | diffrax full s | rel err linfeat | rel err diffrax full |"
-        ]
-        out += ["|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in res["dscaling"]:
-            out.append(
-                f"| {r['d']:.0e} | {r['setup_s']:.3f} | {r['solve_s']:.4f} | {r['steps']} | {r['status']} | "
-                f"{r.get('diffrax_full_s', float('nan')):.3f} | {r.get('rel_err_linfeat', float('nan')):.1e} | "
-                f"{r.get('rel_err_diffrax_full', float('nan')):.1e} |"
-            )
-            out[-1] = out[-1].replace("| nan ", "| – ")  # measured at d = 1e4 only
-    if res.get("memory"):
-        mm = res["memory"]
-        out += ["", f"Bounded-memory sweep (fresh process): {json.dumps(mm)}"]
-    if res.get("section_s"):
-        out += [
-            "",
-            "Section wall times (s): "
-            + ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items()),
-        ]
-    return "\n".join(out) + "\n"
+def _f(x, fmt=".2f"):
+    return "–" if x is None else format(x, fmt)
 
 
-def _row(res, workload, batch, method):
-    for r in res.get("throughput", []):
-        if r["workload"].startswith(workload) and r["batch"] == batch and r["method"] == method:
+def _nvb(res, workload, batch, path, with_metrics):
+    for r in res.get("natural_vs_batch", []):
+        if (r["workload"], r["batch"], r["path"], r["with_metrics"]) == (
+            workload, batch, path, with_metrics,
+        ):  # fmt: skip
             return r
     return None
 
 
-def targets(res: dict) -> str:
-    """The issue's targets with the measured numbers of this run and a verdict for each."""
-    out = ["| target | measured in this run | verdict |", "|---|---|---|"]
-    one = _row(res, "small d=200", 4096, "linfeat rodas5p")
-    two = next((r for r in res.get("throughput", []) if r["workload"].startswith("small d=200")
-                and r["batch"] == 4096 and r["method"].endswith("devices")), None)  # fmt: skip
-    scipy = next((r for r in res.get("throughput", []) if r["workload"].startswith("small d=200")
-                  and r["method"].startswith("(a)")), None)  # fmt: skip
-    if one:
-        best = max(x["traj_per_s"] for x in (one, two) if x)
-        best_int = max(x["traj_per_s_integrate"] for x in (one, two) if x)
-        txt = (f"end to end {one['traj_per_s']:.0f} traj/s (1 device)"
-               + (f", {two['traj_per_s']:.0f} ({two['method'].split(', ')[-1]})" if two else "")
-               + f"; integration alone {one['traj_per_s_integrate']:.0f}"
-               + (f" / {two['traj_per_s_integrate']:.0f}" if two else "")
-               + f"; {one['steps_mean']:.0f} steps per trajectory")  # fmt: skip
-        verdict = (
-            "met"
-            if best >= 2000
-            else f"missed ({2000 / best:.1f}x short end to end, {2000 / best_int:.1f}x for the integration)"
-        )
-        out.append(f"| `small`, batch 4096: >= 2,000 FT traj/s | {txt} | {verdict} |")
-    if one and scipy:
-        ratio = one["traj_per_s"] / scipy["traj_per_s"]
-        out.append(
-            f"| `small`: >= 50x baseline (a) | {one['traj_per_s']:.0f} vs scipy DOP853 "
-            f"{scipy['traj_per_s']:.3f} traj/s: {ratio:.0f}x (1 device, end to end) | "
-            f"{'met' if ratio >= 50 else 'missed'} |"
-        )
-    ds = {r["d"]: r for r in res.get("dscaling", [])}
-    if 10_000 in ds and "diffrax_full_s" in ds[10_000]:
-        r = ds[10_000]
-        solve, total = (
-            r["diffrax_full_s"] / r["solve_s"],
-            r["diffrax_full_s"] / (r["solve_s"] + r["setup_s"]),
-        )
-        out.append(
-            f"| d = 1e4: >= 100x faster per trajectory than baseline (b) | diffrax full state "
-            f"{r['diffrax_full_s']:.2f} s vs linfeat solve {r['solve_s']:.4f} s: {solve:.0f}x; "
-            f"with linfeat's set-up ({r['setup_s']:.3f} s): {total:.0f}x | "
-            f"{'met' if solve >= 100 else 'missed'} for the solve"
-            f"{'' if total >= 100 else ', missed with the set-up'} |"
-        )
-    if 1000 in ds and 1_000_000 in ds:
-        a, b = ds[1000], ds[1_000_000]
-        ratio = b["solve_s"] / a["solve_s"]
-        setups = " / ".join(f"{ds[d]['setup_s']:.3g}" for d in sorted(ds))
-        out.append(
-            f"| d = 1e6 within 1.5x of d = 1e3 (set-up excluded) | solve {a['solve_s']:.4f} s "
-            f"vs {b['solve_s']:.4f} s: {ratio:.2f}x; set-up {setups} s for d = "
-            f"{', '.join(f'{d:.0e}' for d in sorted(ds))} | {'met' if ratio <= 1.5 else 'missed'} |"
-        )
-    mm = res.get("memory")
-    if mm and "peak_rss_gb" in mm:
-        out.append(
-            f"| {mm['n']:,} `small` instances, < 4 GB peak | peak RSS {mm['peak_rss_gb']:.2f} GB, "
-            f"{mm['wall_s']:.0f} s, chunks of {mm['batch_size']}, {mm['devices']} device(s), "
-            f"{mm['converged']:.1%} converged | {'met' if mm['peak_rss_gb'] < 4 else 'missed'} |"
-        )
+def natural_ratios(res) -> list[dict]:
+    """natural / batch throughput for every (workload, batch, metrics) measured."""
+    out = []
+    for r in res.get("natural_vs_batch", []):
+        if r["path"] != "natural":
+            continue
+        b = _nvb(res, r["workload"], r["batch"], "batch", r["with_metrics"])
+        if b is not None:
+            out.append(dict(workload=r["workload"], batch=r["batch"],
+                            with_metrics=r["with_metrics"], natural=r["traj_per_s"],
+                            batch_traj_per_s=b["traj_per_s"],
+                            ratio=r["traj_per_s"] / b["traj_per_s"]))  # fmt: skip
+    return out
+
+
+def previous_pairs(res) -> list[dict]:
+    """(previous release, current fine_tune_batch) throughput at the settings compared."""
+    out = []
+    for run in res.get("previous_release", {}).get("runs", []):
+        if "rows" not in run:
+            continue
+        with_metrics, what = PREVIOUS_PAIRS[run["setting"]]
+        for row in run["rows"]:
+            new = _nvb(res, run["workload"], row["batch"], "batch", with_metrics)
+            out.append(dict(workload=run["workload"], batch=row["batch"],
+                            setting=run["setting"], what=what, old=row["traj_per_s"],
+                            old_steps=row["steps_mean"], old_compile_s=row["compile_s"],
+                            old_converged=row["converged"], old_rtol=run["rtol"],
+                            new=None if new is None else new["traj_per_s"],
+                            new_steps=None if new is None else new["steps_mean"],
+                            ratio=None if new is None else new["traj_per_s"] / row["traj_per_s"]))  # fmt: skip
+    return out
+
+
+def accuracy_checks(res) -> list[dict]:
+    """(workload, method, error judged, ok) for every method, linfeat's and the baselines'."""
+    out = []
+    for c in res.get("accuracy", []):
+        out.append(dict(workload=c["workload"], method=c["method"],
+                        err=c[f"max_{c['judged_on']}"], ok=c["ok"]))  # fmt: skip
+    base = res.get("baselines", {})
+    for r in base.get("rows", []):
+        out.append(dict(workload=base.get("workload", "small"), method=r["method"],
+                        err=r.get("max_rel_err_same_t", float("inf")), ok=r["ok"]))  # fmt: skip
+    return out
+
+
+def _linfeat_batch_reference(res):
+    """The fine_tune_batch row the baselines are compared with: `small`, no metrics (the
+    baselines compute none), largest batch measured."""
+    rows = [r for r in res.get("natural_vs_batch", []) if r["workload"] == "small"
+            and r["path"] == "batch" and not r["with_metrics"]]  # fmt: skip
+    if not rows:
+        rows = [r for r in res.get("natural_vs_batch", [])
+                if r["workload"] == "small" and r["path"] == "batch"]  # fmt: skip
+    return max(rows, key=lambda r: r["batch"]) if rows else None
+
+
+def render(res: dict) -> str:
+    m = res["machine"]
+    v = m["versions"]
+    mode = res.get("mode", "quick" if res.get("quick") else "full")
+    out = [
+        f"Run: {res['started']} to {res.get('finished', '?')} ({mode}). "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('mem_total_gb', 0):.0f} GB, {m['platform']}; "
+        f"JAX {v['jax']} ({m['backend']}, devices {len(m['devices'])}), "
+        f"diffrax {v['diffrax']}, scipy {v['scipy']}, numpy {v['numpy']}, Python {v['python']}. "
+        f"Load average at start {m['load_avg_1_5_15'][0]:.1f}, at end {res.get('load_avg_end', [float('nan')])[0]:.1f} "
+        f"(shared machine). Measured roofline: {m['peak_flops_measured'] / 1e9:.1f} GFLOP/s "
+        f"(f64 matmul), {m['dram_bandwidth_measured'] / 1e9:.1f} GB/s (DRAM triad).",
+        "",
+    ]
+    pr = res.get("protocol")
+    if pr:
+        d = pr["defaults"]
+        out += [
+            f"Protocol: library defaults rtol {d['rtol']:.0e}, atol {d['atol']:.0e}, scale-aware "
+            f"grad_tol ({d['grad_scale']:.0e} x lambda_max (1 + |Y|)(1 + |v0|)); tight reference "
+            f"`lf.fine_tune` at rtol {pr['reference']['rtol']:.0e} / atol {pr['reference']['atol']:.0e}; "
+            f"accuracy target {pr['acc']:.0e} (relative, final w = B^T v).",
+            "",
+        ]
     if "compile" in res:
         c = res["compile"]
-        ok = (not c["recompiled"]) and c["compile_s"] < 5
+        out += [
+            f"Compile (new shapes: d {c['shape']['d']}, n {c['shape']['n']}; batch {c['batch']}):",
+            "",
+        ]
+        out += ["| function | first call s | second call s | compile s | JAX-reported compile s | jit cache before / after / after a 3rd call | recompiled |",
+                "|---|---:|---:|---:|---:|---|---|"]  # fmt: skip
+        for name in ("fine_tune", "fine_tune_batch"):
+            r = c.get(name)
+            if r:
+                out.append(f"| `lf.{name}` | {r['first_call_s']:.2f} | {r['run_s']:.3f} | {r['compile_s']:.2f} | "
+                           f"{r['compile_events_s']:.2f} | {r['cache_before']} / {r['cache_after']} / "
+                           f"{r['cache_after_third']} | {r['recompiled']} |")  # fmt: skip
+        out.append("")
+    if res.get("workloads"):
+        out += ["Workloads (problem set-up, excluded from the solve times):", ""]
+        for name, w in res["workloads"].items():
+            if w["kind"] == "small":
+                out.append(f"- `{name}`: d {w['d']}, k {w['k']}, m {w['m']}, n {w['n']}, feature error "
+                           f"{w['feature_error']}; {w['b']} problems by {w['build']} in {w['setup_s']:.2f} s "
+                           f"(first call {w['setup_first_call_s']:.2f} s).")  # fmt: skip
+            else:
+                out.append(f"- `{name}`: d {w['d']}, k {w['k']}, n {w['n']}, X = Gaussian x random matrix "
+                           f"(condition {w['cond_M']:.0f}), {w['ood']} OOD second moment; saves at "
+                           f"linspace(0, T, {w['num_save']}), T = {w['T']:.3g}; {w['b']} problems: arrays "
+                           f"{w['generate_s']:.2f} s, `lf.problem_from_arrays` {w['problem_from_arrays_s']:.2f} s, "
+                           f"stacking {w['stack_s']:.2f} s.")  # fmt: skip
+        out.append("")
+    if res.get("natural_vs_batch"):
+        out += [
+            "Natural path `jax.jit(jax.vmap(lf.fine_tune))` vs `lf.fine_tune_batch`, library defaults, end to end (set-up of the problems excluded):",
+            "",
+        ]
+        out += ["| workload | batch | metrics | path | run s | compile s (JAX) | traj/s | steps mean / max | converged | reached t_max | timing |",
+                "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for r in res["natural_vs_batch"]:
+            out.append(f"| {r['workload']} | {r['batch']} | {'on' if r['with_metrics'] else 'off'} | {r['path']} | "
+                       f"{r['run_s']:.3f} | {r['compile_s']:.1f} ({r['compile_events_s']:.1f}) | {r['traj_per_s']:.1f} | "
+                       f"{r['steps_mean']:.0f} / {r['steps_max']} | {r['converged']:.1%} | {r['max_time']:.1%} | {r.get('timing', '')} |")  # fmt: skip
+        out += ["", "| workload | batch | metrics | natural traj/s | batch traj/s | natural / batch |",
+                "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+        for q in natural_ratios(res):
+            out.append(f"| {q['workload']} | {q['batch']} | {'on' if q['with_metrics'] else 'off'} | "
+                       f"{q['natural']:.1f} | {q['batch_traj_per_s']:.1f} | {q['ratio']:.2f} |")  # fmt: skip
+        out.append("")
+    prev = res.get("previous_release")
+    if prev:
+        out += [
+            f"Previous release (git {prev['commit']}, lane-pool Rodas5P; same problems, fresh process) vs this one (`fine_tune_batch`):",
+            "",
+        ]
+        out += ["| workload | batch | comparison | previous traj/s | steps | compile s | converged | current traj/s | steps | current / previous |",
+                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for q in previous_pairs(res):
+            out.append(f"| {q['workload']} | {q['batch']} | {q['what']} | {q['old']:.1f} | {q['old_steps']:.0f} | "
+                       f"{q['old_compile_s']:.1f} | {q['old_converged']:.1%} | {_f(q['new'], '.1f')} | "
+                       f"{_f(q['new_steps'], '.0f')} | {_f(q['ratio'])} |")  # fmt: skip
+        for run in prev.get("runs", []):
+            if "error" in run:
+                out.append(f"\nPrevious release, {run.get('workload', '?')} {run.get('setting', '?')}: "
+                           f"failed: {run['error'][-300:]}")  # fmt: skip
+        out.append("")
+    if res.get("accuracy"):
+        out += ["Accuracy: max over the first lanes of |w - w_ref| / |w_ref|, w = B^T v at the stop. "
+                "Verdict column: reference integrated to the method's own stop time (integration error); "
+                "also shown: reference with the same stopping rule (the spread of the stop point):", ""]  # fmt: skip
+        out += ["| workload | method | lanes | grad_tol | same time (verdict) | same stop rule | pass |",
+                "|---|---|---:|---|---:|---:|---|"]  # fmt: skip
+        for c in res["accuracy"]:
+            out.append(f"| {c['workload']} | {c['method']} | {c['lanes']} | {c['grad_tol']} | "
+                       f"{c['max_rel_err_same_t']:.1e} | {c['max_rel_err']:.1e} | {'yes' if c['ok'] else 'NO'} |")  # fmt: skip
+        out.append("")
+    base = res.get("baselines")
+    if base:
+        ref = _linfeat_batch_reference(res)
+        out += [f"Baselines on the first {base['lanes']} `{base['workload']}` lanes, horizon {base['horizon']}, "
+                f"stop: {base.get('stop', '?')}; each at the loosest rtol of {res.get('protocol', {}).get('baseline_ladder', '')} "
+                f"(atol = rtol / 100) that reaches {ACC:.0e}; SciPy with {base.get('scipy_blas_threads', '?')} BLAS thread; "
+                f"analytic Jacobian checked against finite differences: {base['jacobian_check_rel']:.0e}. "
+                + (f"linfeat: `fine_tune_batch`, `{ref['workload']}`, b = {ref['batch']}, metrics "
+                   f"{'on' if ref['with_metrics'] else 'off'}: {ref['traj_per_s']:.1f} traj/s." if ref else ""),
+                ""]  # fmt: skip
+        out += ["| method | state | Jacobian | rtol | run s | traj/s | linfeat / baseline | max rel err | pass |",
+                "|---|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for r in base["rows"]:
+            if "error" in r:
+                out.append(
+                    f"| {r['method']} | {r['state']} | {r['jacobian']} | – | – | – | – | – | NO: {r['error'][:120]} |"
+                )
+                continue
+            ratio = ref["traj_per_s"] / r["traj_per_s"] if ref else None
+            out.append(f"| {r['method']} | {r['state']} | {r['jacobian']} | {r['rtol']:.0e} | {r['run_s']:.3f} | "
+                       f"{r['traj_per_s']:.2f} | {_f(ratio, '.0f')} | {r['max_rel_err_same_t']:.1e} | {'yes' if r['ok'] else 'NO'} |")  # fmt: skip
+        out.append("")
+    if res.get("dscaling"):
+        out += ["d-scaling (`lf.make_problem` + `lf.fine_tune`, one problem, second calls):", ""]
+        out += ["| d | k | m | n | make_problem s | reduce s | fine_tune s | compile s | steps | status |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in res["dscaling"]:
+            out.append(f"| {r['d']:.0e} | {r['k']} | {r['m']} | {r['n']} | {r['make_problem_s']:.3f} | {r['reduce_s']:.4f} | "
+                       f"{r['solve_s']:.4f} | {r['compile_s']:.1f} | {r['steps']} | {r['status']} |")  # fmt: skip
+        out.append("")
+    mm = res.get("memory")
+    if mm:
+        if "peak_rss_gb" in mm:
+            out.append(f"Memory: `lf.sweep` of {mm['n']:,} `small` instances (outputs=\"metrics\", metrics "
+                       f"{'on' if mm.get('with_metrics') else 'off'}, chunks of {mm['batch_size']}, {mm['devices']} "
+                       f"device(s)) in a fresh process: peak RSS {mm['peak_rss_gb']:.2f} GB, {mm['wall_s']:.0f} s "
+                       f"({mm['n'] / mm['wall_s']:.0f} traj/s incl. building and compiling), {mm['converged']:.1%} converged.")  # fmt: skip
+        else:
+            out.append(f"Memory: {json.dumps(mm)[:400]}")
+        out.append("")
+    if res.get("section_s"):
         out.append(
-            f"| no recompilation on equal shapes; FT compile < 5 s | recompiled: {c['recompiled']}; "
-            f"compile {c['compile_s']:.2f} s | {'met' if ok else 'missed'} |"
-        )
-    acc = res.get("accuracy", [])
-    if acc:
-        worst = max(c["rel_err_w"] for c in acc)
-        out.append(
-            f"| every method within 1e-8 of the reference | worst {worst:.1e} over {len(acc)} "
-            f"checks | {'met' if worst < 1e-8 else 'missed'} |"
+            "Section wall times (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in res["section_s"].items())
         )
     return "\n".join(out) + "\n"
 
 
+def targets(res: dict) -> str:
+    """The targets with the measured numbers of this run and a verdict for each."""
+    out = ["| target | measured in this run | verdict |", "|---|---|---|"]
+    nat = [q for q in natural_ratios(res) if q["workload"] == "small"]
+    if nat:
+        worst = min(nat, key=lambda q: q["ratio"])
+        txt = "; ".join(f"b {q['batch']} metrics {'on' if q['with_metrics'] else 'off'}: "
+                        f"{q['natural']:.0f} vs {q['batch_traj_per_s']:.0f} traj/s ({q['ratio']:.2f})"
+                        for q in nat)  # fmt: skip
+        verdict = "met" if worst["ratio"] >= NATURAL_MIN else f"missed (worst {worst['ratio']:.2f})"
+        out.append(
+            f"| natural path >= 2/3 of `fine_tune_batch` throughput on `small` (n = m) | {txt} | {verdict} |"
+        )
+    pairs = [q for q in previous_pairs(res) if q["ratio"] is not None]
+    failed = [r for r in res.get("previous_release", {}).get("runs", []) if "error" in r]
+    if pairs or failed:
+        txt = "; ".join(f"{q['workload']} b {q['batch']} {q['setting']}: {q['new']:.0f} vs {q['old']:.0f} "
+                        f"traj/s ({q['ratio']:.2f}x)" for q in pairs)  # fmt: skip
+        if failed:
+            txt += f"; {len(failed)} previous-release run(s) failed"
+        worst = min((q["ratio"] for q in pairs), default=None)
+        ok = pairs and worst >= 1.0
+        verdict = (
+            "met"
+            if ok
+            else (f"missed (worst {worst:.2f}x)" if worst is not None else "not measured")
+        )
+        out.append(
+            f"| no regression vs the previous release (current traj/s >= previous at the settings compared) | {txt} | {verdict} |"
+        )
+    acc = accuracy_checks(res)
+    if acc:
+        bad = [c for c in acc if not c["ok"]]
+        worst = max(acc, key=lambda c: c["err"])
+        txt = (
+            f"worst {worst['err']:.1e} ({worst['workload']}, {worst['method']}) over {len(acc)} methods"
+            + (f"; failing: {', '.join(c['method'] for c in bad)}" if bad else "")
+        )
+        out.append(
+            f"| every method within {ACC:.0e} of the tight reference | {txt} | {'met' if not bad else 'missed'} |"
+        )
+    c = res.get("compile")
+    if c and "fine_tune" in c:
+        rec = [n for n in ("fine_tune", "fine_tune_batch") if c.get(n, {}).get("recompiled")]
+        txt = (f"compile {c['fine_tune']['compile_s']:.1f} s (`fine_tune`), "
+               f"{c['fine_tune_batch']['compile_s']:.1f} s (`fine_tune_batch`); recompiled: "
+               f"{', '.join(rec) if rec else 'none'}")  # fmt: skip
+        out.append(
+            f"| no recompilation on equal shapes | {txt} | {'met' if not rec else 'missed'} |"
+        )
+    mm = res.get("memory")
+    if mm and "peak_rss_gb" in mm:
+        out.append(f"| {mm['n']:,} `small` instances by `lf.sweep`, < {MEMORY_MAX_GB:.0f} GB peak | peak RSS "
+                   f"{mm['peak_rss_gb']:.2f} GB, {mm['wall_s']:.0f} s, {mm['converged']:.1%} converged | "
+                   f"{'met' if mm['peak_rss_gb'] < MEMORY_MAX_GB else 'missed'} |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
-    res = json.load(open(sys.argv[1]))
+    path = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("results.json"))
+    res = json.load(open(path))
     print(render(res))
     print(targets(res))

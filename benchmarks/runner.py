@@ -1,8 +1,10 @@
-"""The benchmark runner: workloads, timing, accuracy checks, table and JSON.
+"""The benchmark runner: command line, machine description, and the subprocess helpers.
 
-Usage: `python -m benchmarks [--quick] [--devices N] [--out benchmarks/results.json]`.
-`--devices N` (default 1) splits the host CPU into N XLA
-devices so that sweeps run one shard per core (set before JAX starts).
+Usage: `python -m benchmarks [--quick] [--devices N] [--skip a,b] [--out PATH]` (or
+`linfeat bench ...`). `--devices N` (default 1) splits the host CPU into N XLA devices
+(set before JAX starts); the memory sweep's child process uses as many. A hidden `--tiny`
+flag (or `LINFEAT_BENCH_TINY=1`) shrinks every workload to a few lanes at d = 40 and skips
+the big sweep: a smoke test of the suite itself, not a measurement.
 """
 
 from __future__ import annotations
@@ -11,26 +13,35 @@ import argparse
 import json
 import os
 import platform
+import select
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).with_name("results.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quick", action="store_true", help="small batches, d <= 1e5 (a few minutes)"
+        "--quick", action="store_true", help="smaller batches and sweep (about 3 minutes)"
     )
     parser.add_argument(
         "--devices",
         type=int,
         default=1,
-        help="host CPU devices for the sharded rows (default 1: none; BENCHMARKS.md used 2)",
+        help="host CPU devices (default 1); N > 1 adds a `fine_tune_batch(mesh=batch_mesh())` "
+        "row on `small` (the memory sweep's child always uses one device per core)",
     )
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
     parser.add_argument(
-        "--out", default=str(Path(__file__).with_name("results.json")), help="JSON output path"
+        "--skip",
+        default="",
+        help="comma-separated sections to skip (compile, natural_vs_batch, previous_release, "
+        "accuracy, baselines, dscaling, memory)",
     )
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip")
+    parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 
 
 def _set_devices(n: int) -> None:
@@ -57,10 +68,21 @@ def run(args) -> int:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
-    res = suite.run_all(quick=args.quick, skip=skip, out=Path(args.out))
+    unknown = skip - set(suite.SECTIONS)
+    if unknown:
+        raise SystemExit(f"--skip: unknown section(s) {sorted(unknown)}; known: {suite.SECTIONS}")
+    tiny = getattr(args, "tiny", False) or os.environ.get("LINFEAT_BENCH_TINY", "") not in ("", "0")
+    mode = "tiny" if tiny else "quick" if getattr(args, "quick", False) else "full"
+    if mode == "tiny" and Path(args.out) == DEFAULT_OUT:  # a smoke test: keep the results
+        args.out = str(Path(tempfile.gettempdir()) / "linfeat_bench_tiny.json")
+    res = suite.run_all(mode=mode, skip=skip, out=Path(args.out))
     Path(args.out).write_text(json.dumps(res, indent=1, default=float))
     print(f"\nwrote {args.out}")
-    bad = [c for c in res["accuracy"] if not c["ok"]]
+    from . import report
+
+    print("\n" + report.targets(res))
+    bad = [c for c in res.get("accuracy", []) if not c["ok"]]
+    bad += [c for c in res.get("baselines", {}).get("rows", []) if not c["ok"]]
     if bad:
         print(f"ACCURACY CHECK FAILED for {len(bad)} method(s): {[c['method'] for c in bad]}")
         return 1
@@ -106,13 +128,13 @@ def machine() -> dict:
     return info
 
 
-def rss_of_sweep(n: int, batch_size: int, devices: int) -> dict:
+def rss_of_sweep(n: int, batch_size: int, devices: int, *, d: int = 200, m: int = 20) -> dict:
     """Peak resident memory of a fresh process running an n-instance `small` sweep."""
     code = (
         "import resource, time, jax, json;"
         "jax.config.update('jax_enable_x64', True);"
         "from benchmarks import suite;"
-        f"t=time.perf_counter(); out=suite.memory_sweep({n}, {batch_size});"
+        f"t=time.perf_counter(); out=suite.memory_sweep({n}, {batch_size}, d={d}, m={m});"
         "out['wall_s']=time.perf_counter()-t;"
         # VmHWM (this process's own peak), not ru_maxrss: on Linux a child's ru_maxrss starts
         # from its parent's RSS at fork, which made a first run report the runner's 17 GB
@@ -131,3 +153,100 @@ def rss_of_sweep(n: int, batch_size: int, devices: int) -> dict:
     if line is None:
         return {"error": proc.stderr[-2000:]}
     return json.loads(line[6:])
+
+
+PREV_DIR = Path("/tmp/linfeat_prev")
+
+
+def previous_checkout(commit: str) -> Path:
+    """A git worktree of the previous release at `commit` (created once, then reused)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (PREV_DIR / "linfeat" / "__init__.py").is_file():
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "add", "--detach", str(PREV_DIR), commit],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+    head = subprocess.run(
+        ["git", "-C", str(PREV_DIR), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    if not head.startswith(commit):
+        raise RuntimeError(f"{PREV_DIR} is at {head}, not {commit}: remove it and rerun")
+    return PREV_DIR
+
+
+def previous_release(commit, npz, setting, batches, lanes, second_max_b, *, timeout) -> dict:
+    """Runs `benchmarks/previous.py` with the release at `commit` on the path (fresh process,
+    one per setting, so a hang of the old code costs `timeout` seconds, not the run)."""
+    try:
+        prev = previous_checkout(commit)
+    except Exception as e:  # no git, no network-free checkout: report, do not fail the run
+        return {"error": f"no checkout of {commit}: {e}"}
+    out = Path(npz).with_suffix(f".{setting}.json")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(prev)  # the old package first (before any editable install)
+    env.pop("XLA_FLAGS", None)
+    script = Path(__file__).with_name("previous.py")
+    cmd = [sys.executable, str(script), str(npz), setting, str(out),
+           ",".join(map(str, batches)), str(lanes), str(second_max_b)]  # fmt: skip
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=prev, env=env,
+                              timeout=timeout)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s", "setting": setting}
+    wall = time.perf_counter() - t
+    if proc.returncode != 0 or not out.is_file():
+        return {"error": proc.stderr[-2000:], "setting": setting}
+    res = json.loads(out.read_text())
+    out.unlink()
+    if not res["linfeat_file"].startswith(str(prev)):
+        return {"error": f"imported {res['linfeat_file']}, not the previous release"}
+    res["wall_s"] = wall
+    return res
+
+
+class LineChild:
+    """A fresh Python process (repository root on the path) that answers each request with
+    one `RESULT{json}` line on stdout, with a deadline per answer: code that may deadlock
+    (batched LAPACK kernels on a 2-thread CPU pool, docs/solvers.md) costs a timeout, not
+    the run. stderr goes to a temporary file (a full pipe would block the child)."""
+
+    def __init__(self, code: str):
+        self._err = tempfile.TemporaryFile()
+        self._buf = b""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._err, cwd=Path(__file__).resolve().parents[1], bufsize=0,
+        )  # fmt: skip
+
+    def ask(self, request: dict | None, timeout: float) -> dict:
+        """Sends `request` (None: only wait for the next answer) and returns the answer."""
+        if request is not None:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                if line.startswith(b"RESULT"):
+                    return json.loads(line[6:])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise TimeoutError(f"no answer within {timeout:.0f} s (killed)")
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    self.close()
+                    raise RuntimeError(f"child exited: {self.stderr_tail()}")
+                self._buf += chunk
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        self._err.seek(0)
+        return self._err.read()[-n:].decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()

@@ -1,662 +1,783 @@
 """Workloads and measurements of the benchmark suite (see `benchmarks.runner`).
 
-Protocol (the issue's): every method solves the same problems from the same heads, stops on
-the same test (gradient norm below `GRAD_TOL` = 1e-10; linfeat's horizon is 1e6 / lambda_max,
-the baselines' is linfeat's stop time on that instance, see `_baselines`), and
-its final w = B^T v is compared with a tight reference integrated to *that method's own stop
-time* (so the comparison does not depend on where each stopping test fired). All methods
-run at tolerances that reach `ACC` = 1e-8 (`TOL`, `BASE_TOL`); the runner fails if any error
-exceeds it.
+Sections (each a key of the results JSON; `report.py` renders them and computes the verdicts):
+
+- `compile`: compile seconds of `lf.fine_tune` and `lf.fine_tune_batch` on shapes used
+  nowhere else, and whether a second call with equal shapes recompiles (jit cache sizes).
+- `natural_vs_batch`: the natural path `jax.jit(jax.vmap(lf.fine_tune))` against
+  `lf.fine_tune_batch`, both at the library defaults, end to end, with metrics (the default)
+  and without, on `small` (b = 1024, 4096) and on a `from_arrays` workload (b = 1024).
+- `previous_release`: the same problems solved by the release before the one-engine
+  rewrite (git commit `PREV_COMMIT`), in a separate process (`benchmarks/previous.py`).
+- `accuracy`: final w = B^T v of the first lanes of every method against a tight reference.
+- `baselines`: SciPy DOP853 on the full state, SciPy BDF / Radau / LSODA on the reduced
+  state with the analytic Jacobian, diffrax Kvaerno5 vmapped, on the first lanes of `small`.
+- `dscaling`: one problem at d = 1e3, 1e4, 1e5 (set-up and solve, second call).
+- `memory`: peak RSS of a fresh process running an `lf.sweep` of 100,000 `small` instances.
+
+Accuracy protocol. Every method's final w = B^T v is compared with a tight reference,
+`lf.fine_tune(p, v0, rtol=1e-13, atol=1e-15)`, in two ways:
+
+- `rel_err_same_t` (the verdict): the reference integrated to *the method's own stop time*
+  with no gradient test: the integration error of the method, whatever its stopping rule.
+- `rel_err` (reported): the reference with *the same stopping rule* (gradient norm below the
+  method's `grad_tol`, else its `t_max`). Thresholds that differ move the final state by
+  ~grad_tol / curvature; but even the same threshold does not fix the stop point, because
+  diffrax's event fires at the end of the step on which the test first passes (no root
+  finding), and a solve at rtol 1e-9 and one at 1e-13 take different steps: on `small` with
+  the default scale-aware threshold this spread was ~5e-7 relative, against ~1e-10 for the
+  integration error. It measures the stopping rule, not the solver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import shutil
+import sys
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import linfeat as lf
 from linfeat import _batched as bt
-from linfeat._sharding import batch_mesh
+from linfeat._engine import default_grad_tol, default_tolerances
 
 from . import baselines
-from .runner import machine, rss_of_sweep
+from .runner import LineChild, machine, previous_release, rss_of_sweep
 
 K = 10
 ACC = 1e-8  # final w within 1e-8 (relative) of the tight reference
-GRAD_TOL = 1e-10  # the issue's convergence test
-# Each method runs at the loosest tolerance of 1e-8, 1e-10, 1e-12 that met ACC in a
-# calibration on `small` (linfeat's library defaults are 1e-12 / 1e-14): at rtol 1e-8 linfeat's
-# Rodas5P gave 3e-10, scipy DOP853 2.4e-7 and diffrax Tsit5 1.6e-8, so the baselines get 1e-10.
-TOL = dict(rtol=1e-8, atol=1e-10)  # linfeat
-BASE_TOL = dict(rtol=1e-10, atol=1e-12)  # baselines (a), (b) and lf.fine_tune
-SMALL = dict(d=200, m=20, n=20)  # the issue's `small`: square X, a stiff flow
-SOLVER = "rodas5p"
+REF_TOL = dict(rtol=1e-13, atol=1e-15)
+NO_STOP = 1e-300  # a gradient threshold that never fires
+PREV_COMMIT = "4760ab2"  # the last commit before the one-engine rewrite
+LADDER = (1e-8, 1e-10, 1e-12)  # baseline rtols, loosest first (atol = rtol / 100)
 
 
-def make_batch(seed: int, b: int, *, d: int, m: int, n: int):
-    """b random problems (feature error 0.5, isotropic OOD) and Gaussian heads."""
-    key = jax.random.key(seed)
-    keys = jax.random.split(key, b)
-    # lax.map: jit(vmap(make_problem)) hung at d = 1000, b = 8 on this CPU (jax 0.10.2)
-    build = jax.jit(
-        lambda ks: jax.lax.map(
-            lambda kk: lf.make_problem(kk, d=d, k=K, m=m, n=n, feature_error=0.5), ks
-        )
-    )
-    probs = build(keys)
-    v0s = jax.random.normal(jax.random.fold_in(key, 1), (b, K))
-    return jax.block_until_ready((probs, v0s))
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one mode of the suite (full, --quick, hidden --tiny)."""
+
+    name: str
+    d: int = 200
+    m: int = 20
+    n: int = 20
+    small_batches: tuple = (1024, 4096)
+    arrays_batch: int = 1024
+    acc_lanes: int = 8
+    base_lanes: int = 4
+    dscaling: tuple = (1_000, 10_000, 100_000)
+    dscaling_m: int = 50
+    sweep_n: int = 100_000
+    sweep_batch: int = 4096
+    compile_batch: int = 64
+    second_call_max_b: int = 1024  # larger batches: one call (see `timed`)
+    with_metrics_off: tuple = ("small", "from_arrays")  # workloads also timed without metrics
+    sweep_devices: int = 0  # devices of the sweep's child process; 0: one per core
+    prev_timeout_s: int = 600
+    child_timeout_s: int = 600  # per answer of the Kvaerno5 child
+
+
+CONFIGS = {
+    "full": Config("full"),
+    "quick": Config(
+        "quick", small_batches=(1024,), arrays_batch=256, base_lanes=2,
+        dscaling=(1_000, 10_000), sweep_n=10_000, prev_timeout_s=300,
+        with_metrics_off=("small",),
+    ),
+    "tiny": Config(
+        "tiny", d=40, small_batches=(8,), arrays_batch=8, acc_lanes=4, base_lanes=2,
+        dscaling=(40, 400), dscaling_m=20, sweep_n=0, sweep_batch=8, compile_batch=4,
+        prev_timeout_s=300,
+    ),
+}  # fmt: skip
+
+# What one section hands to the next (trajectories, workloads): filled as sections run.
+STATE: dict = {}
 
 
 def take(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def timed(fn, *args, **kwargs):
-    """(result, first-call seconds, second-call seconds)."""
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args, **kwargs))
-    first = time.perf_counter() - t
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args, **kwargs))
-    return out, first, time.perf_counter() - t
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def linfeat_batch(probs, v0s, mesh=None, **kw):
-    kw.setdefault("with_metrics", False)
-    kw.setdefault("solver", SOLVER)
-    kw.setdefault("grad_tol", GRAD_TOL)
-    for name, val in TOL.items():
-        kw.setdefault(name, val)
-    return bt.fine_tune_batch(probs, v0s, mesh=mesh, batch_size=4096, **kw)
+# --------------------------------------------------------------------------- timing
 
 
-def w_of(tr, i=None):
-    if i is None:
-        return baselines.w_final(tr)
-    Bf = np.asarray(tr.B_coords_final[i]) @ np.asarray(tr.basis[i]).T
-    return Bf.T @ np.asarray(tr.v_final[i])
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileClock:
+    """Sums JAX's tracing, lowering and XLA compile durations (`jax.monitoring`) in a block."""
+
+    def __enter__(self):
+        self.seconds = 0.0
+
+        def listener(event, duration, **kwargs):
+            if event in COMPILE_EVENTS:
+                self.seconds += duration
+
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def timed(fn, *args, second: bool = True, **kwargs):
+    """(result, timings): first call (compile + run), second call (run), compile_s = first -
+    second, and the compile time JAX itself reports for the first call (tracing, lowering,
+    XLA; `compile_events_s`). With `second=False` (the largest batches, to save a full
+    re-run) there is one call and run_s = first - compile_events_s: at b = 1024 the two
+    ways agreed to ~0.5 s on a busy machine."""
+    with CompileClock() as clock:
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args, **kwargs))
+        first = time.perf_counter() - t
+    if second:
+        del out
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args, **kwargs))
+        run = time.perf_counter() - t
+    else:
+        run = first - clock.seconds
+    return out, dict(
+        first_call_s=first, run_s=run, compile_s=first - run, compile_events_s=clock.seconds,
+        timing="second call" if second else "first call minus JAX-reported compile",
+    )  # fmt: skip
+
+
+def status_fractions(status) -> dict:
+    st = np.asarray(status)
+    return dict(
+        converged=float(np.mean(st == lf.Status.CONVERGED)),
+        max_time=float(np.mean(st == lf.Status.MAX_TIME)),
+        failed=float(np.mean(st >= lf.Status.STEP_LIMIT)),
+    )
+
+
+def w_final(tr, n: int) -> np.ndarray:
+    """w = B_final^T v_final of the first n lanes of a batched trajectory, (n, d)."""
+    sub = jax.tree.map(lambda x: x[:n], tr)
+    return np.asarray(jnp.einsum("bkd,bk->bd", sub.B_final, sub.v_final))
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def small_workload(cfg: Config, b: int, seed: int = 0):
+    """b `small` problems built from keys with jit(vmap(make_problem)), and Gaussian heads."""
+    shape = dict(d=cfg.d, k=K, m=cfg.m, n=cfg.n, feature_error=0.5)
+    keys = jax.random.split(jax.random.key(seed), b)
+    build = jax.jit(jax.vmap(lambda kk: lf.make_problem(kk, **shape)))
+    probs, t = timed(build, keys)
+    v0s = jax.random.normal(jax.random.key(seed + 1), (b, K))
+    info = dict(
+        kind="small", b=b, **shape, build="jax.jit(jax.vmap(lf.make_problem))",
+        setup_first_call_s=t["first_call_s"], setup_s=t["run_s"],
+    )  # fmt: skip
+    return probs, jax.block_until_ready(v0s), info
+
+
+def make_batch(b: int, *, d: int = 200, m: int = 20, n: int = 20, seed: int = 0):
+    """b `small`-style problems and heads (for the profiling scripts)."""
+    probs, v0s, _ = small_workload(Config("adhoc", d=d, m=m, n=n), b, seed)
+    return probs, v0s
+
+
+def _orthonormal_rows(rng, k, d):
+    return np.linalg.qr(rng.normal(size=(d, k)))[0].T
+
+
+def _random_matrix(rng, d, cond):
+    U = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    V = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    return (U * np.logspace(0, np.log10(cond), d)) @ V.T
+
+
+def arrays_workload(cfg: Config, b: int, seed: int = 7, num_save: int = 32):
+    """b problems from user arrays (`lf.problem_from_arrays`), same size class as `small`.
+
+    Per instance: X = G M (G Gaussian n x d, M a random d x d matrix of condition number 10:
+    a non-identity input covariance, not whitened), a dense random SPD OOD second moment
+    W diag(U[1/2, 2]) W^T, B_star random orthonormal rows, B0 = rows of B_star plus noise,
+    orthonormalised, v_star on the unit sphere, Y = X B_star^T v_star. Saves at
+    `ts = linspace(0, T, 32)` up to the horizon T = 10 / median of the smallest non-zero
+    eigenvalue of X^T X (the slowest mode relaxes by ~e^-10 by T).
+    """
+    rng = np.random.default_rng(seed)
+    d, n = cfg.d, cfg.n
+    t0 = time.perf_counter()
+    raw = []
+    for _ in range(b):
+        X = rng.normal(size=(n, d)) @ _random_matrix(rng, d, 10.0)
+        B_star = _orthonormal_rows(rng, K, d)
+        B0 = np.linalg.qr(B_star.T + 0.3 * rng.normal(size=(d, K)))[0].T
+        v_star = rng.normal(size=K)
+        v_star /= np.linalg.norm(v_star)
+        W = np.linalg.qr(rng.normal(size=(d, d)))[0]
+        ood = (W * rng.uniform(0.5, 2.0, d)) @ W.T
+        ood = 0.5 * (ood + ood.T)
+        raw.append(dict(X=X, Y=X @ (B_star.T @ v_star), B0=B0, B_star=B_star, v_star=v_star,
+                        ood_cov=ood))  # fmt: skip
+    v0s = rng.normal(size=(b, K))
+    t1 = time.perf_counter()
+    problems = [lf.problem_from_arrays(**a) for a in raw]
+    t2 = time.perf_counter()
+    probs = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs)), *problems)
+    probs = jax.block_until_ready(probs)
+    t3 = time.perf_counter()
+    lam_min = [np.linalg.svd(a["X"], compute_uv=False)[-1] ** 2 for a in raw]
+    T = float(f"{10.0 / np.median(lam_min):.2g}")
+    info = dict(
+        kind="from_arrays", b=b, d=d, k=K, n=n, cond_M=10.0, ood="dense random SPD",
+        T=T, num_save=num_save, generate_s=t1 - t0, problem_from_arrays_s=t2 - t1,
+        stack_s=t3 - t2, setup_s=t3 - t1,
+    )  # fmt: skip
+    ts = jnp.linspace(0.0, T, num_save)
+    return probs, jnp.asarray(v0s), info, dict(ts=ts, t_max=T)
+
+
+def save_workload(path: Path, probs, v0s, kw: dict, b: int) -> None:
+    """The first b problems of a workload as flat arrays for `benchmarks/previous.py`."""
+    flat = {}
+    for name, x in probs._asdict().items():
+        if isinstance(x, lf.SubspaceCov):
+            flat.update({f"{name}.{f}": np.asarray(y[:b]) for f, y in x._asdict().items()})
+        elif x is not None:
+            flat[name] = np.asarray(x[:b])
+    flat["v0s"] = np.asarray(v0s[:b])
+    if "ts" in kw:
+        flat["ts"], flat["t_max"] = np.asarray(kw["ts"]), np.asarray(kw["t_max"])
+    np.savez(path, **flat)
+
+
+def workloads(cfg: Config) -> dict:
+    """name -> (problems, heads, info, solver kwargs, batch sizes), built once per run."""
+    if "workloads" not in STATE:
+        bmax = max(cfg.small_batches)
+        probs, v0s, info = small_workload(cfg, bmax)
+        wl = {"small": (probs, v0s, info, {}, cfg.small_batches)}
+        probs, v0s, info, kw = arrays_workload(cfg, cfg.arrays_batch)
+        wl["from_arrays"] = (probs, v0s, info, kw, (cfg.arrays_batch,))
+        STATE["workloads"] = wl
+    return STATE["workloads"]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def section_compile(res, cfg: Config):
+    """Compile seconds on shapes not used elsewhere (n = m + 4), and no recompilation."""
+    from linfeat._flow import _solve_jit
+
+    b = cfg.compile_batch
+    keys = jax.random.split(jax.random.key(11), b)
+    shape = dict(d=cfg.d, k=K, m=cfg.m, n=cfg.m + 4, feature_error=0.5)
+    probs = jax.jit(jax.vmap(lambda kk: lf.make_problem(kk, **shape)))(keys)
+    v0s = jax.random.normal(jax.random.key(12), (b, K))
+    out = {"shape": shape, "batch": b}
+
+    p, v0 = take(probs, 0), v0s[0]
+    before = _solve_jit._cache_size()
+    _, t = timed(lambda: lf.fine_tune(p, v0))
+    out["fine_tune"] = dict(**t, cache_before=before, cache_after=_solve_jit._cache_size())
+    # one more call with equal shapes (a new instance): must hit the cache
+    lf.fine_tune(take(probs, 1), v0s[1])
+    out["fine_tune"]["cache_after_third"] = _solve_jit._cache_size()
+
+    static = dict(num_save=64, train_features=True, lp_init=False, max_steps=100_000,
+                  outputs="full", with_metrics=True)  # fine_tune_batch's order  # fmt: skip
+    before = bt._chunk_solver(None, **static)._cache_size()
+    _, t = timed(lambda: lf.fine_tune_batch(probs, v0s))
+    solver = bt._chunk_solver(None, **static)
+    after = solver._cache_size()
+    lf.fine_tune_batch(jax.tree.map(lambda x: x[::-1], probs), v0s[::-1])
+    out["fine_tune_batch"] = dict(
+        **t, cache_before=before, cache_after=after, cache_after_third=solver._cache_size()
+    )
+    for name in ("fine_tune", "fine_tune_batch"):
+        r = out[name]
+        # the first call compiles one executable; the second and third must reuse it
+        r["recompiled"] = (r["cache_after"] - r["cache_before"] > 1) or (
+            r["cache_after_third"] != r["cache_after"]
+        )
+        print(f"  compile {name}: first {r['first_call_s']:.2f} s, second {r['run_s']:.3f} s, "
+              f"compile {r['compile_s']:.2f} s (JAX reports {r['compile_events_s']:.2f} s); "
+              f"cache {r['cache_before']} -> {r['cache_after']} -> {r['cache_after_third']}",
+              flush=True)  # fmt: skip
+    res["compile"] = out
 
 
 @functools.cache
-def _reference_fn():
-    def ref(p, v0, t_stop):
-        ts = jnp.stack([jnp.zeros_like(t_stop), t_stop])
+def _natural(ts_key, with_metrics: bool):
+    """The natural path: jax.jit(jax.vmap(fine_tune)), one jitted function per variant."""
+    kw = {} if ts_key is None else dict(ts=jnp.asarray(ts_key[0]), t_max=ts_key[1])
+
+    def one(p, v):
+        tr = lf.fine_tune(p, v, check=False, **kw)
+        # without metrics: drop them from the output, XLA removes their computation
+        return tr if with_metrics else tr._replace(metrics=None, final_metrics=None)
+
+    return jax.jit(jax.vmap(one))
+
+
+def section_natural_vs_batch(res, cfg: Config):
+    rows = res.setdefault("natural_vs_batch", [])
+    res["workloads"] = {}
+    for name, (probs_all, v0_all, info, kw, batches) in workloads(cfg).items():
+        res["workloads"][name] = info
+        ts_key = None if not kw else (tuple(np.asarray(kw["ts"]).tolist()), kw["t_max"])
+        for b in batches:
+            probs, v0s = take(probs_all, slice(0, b)), v0_all[:b]
+            for with_metrics in (True, False) if name in cfg.with_metrics_off else (True,):
+                for path in ("natural", "batch"):
+                    two = b <= cfg.second_call_max_b
+                    if path == "natural":
+                        tr, t = timed(_natural(ts_key, with_metrics), probs, v0s, second=two)
+                    else:
+                        tr, t = timed(
+                            lambda: lf.fine_tune_batch(probs, v0s, with_metrics=with_metrics,
+                                                       **kw), second=two)  # fmt: skip
+                    steps = np.asarray(tr.num_steps)
+                    row = dict(
+                        workload=name, batch=b, path=path, with_metrics=with_metrics, **t,
+                        traj_per_s=b / t["run_s"], steps_mean=float(steps.mean()),
+                        steps_max=int(steps.max()), **status_fractions(tr.status),
+                    )  # fmt: skip
+                    rows.append(row)
+                    _print(row)
+                    if with_metrics and b == batches[-1]:
+                        n = min(cfg.acc_lanes, b)
+                        STATE.setdefault("finals", {})[(name, path)] = dict(
+                            w=w_final(tr, n), t_final=np.asarray(tr.t_final[:n]),
+                            status=np.asarray(tr.status[:n]),
+                        )  # fmt: skip
+                    del tr
+            if name == "small" and b == batches[-1] and len(jax.devices()) > 1:
+                mesh = lf.batch_mesh()
+                tr, t = timed(lambda: lf.fine_tune_batch(probs, v0s, mesh=mesh), second=two)
+                steps = np.asarray(tr.num_steps)
+                row = dict(
+                    workload=name, batch=b, path=f"batch, {mesh.size} devices", with_metrics=True,
+                    **t, traj_per_s=b / t["run_s"], steps_mean=float(steps.mean()),
+                    steps_max=int(steps.max()), **status_fractions(tr.status),
+                )  # fmt: skip
+                rows.append(row)
+                _print(row)
+                del tr
+
+
+def section_previous_release(res, cfg: Config, out_dir: Path):
+    """The same problems through the previous release, in a fresh process per setting."""
+    out = res["previous_release"] = dict(commit=PREV_COMMIT, runs=[])
+    tmp = out_dir
+    for name, (probs, v0s, _, kw, batches) in workloads(cfg).items():
+        npz = tmp / f"{name}.npz"
+        save_workload(npz, probs, v0s, kw, max(batches))
+        for setting in ("bench", "defaults"):
+            r = previous_release(PREV_COMMIT, npz, setting, batches, cfg.acc_lanes,
+                                 cfg.second_call_max_b, timeout=cfg.prev_timeout_s)  # fmt: skip
+            r.update(workload=name)
+            if "rows" in r:
+                for row in r["rows"]:
+                    n = len(row["w_final"])
+                    STATE.setdefault("finals", {})[(name, f"previous {setting}", row["batch"])] = \
+                        dict(w=np.asarray(row.pop("w_final")), t_final=np.asarray(row.pop(
+                            "t_final")), status=np.asarray(row.pop("status")), n=n,
+                             grad_tol=r["grad_tol"])  # fmt: skip
+                    print(f"  previous release {name} b={row['batch']} {setting}: "
+                          f"{row['traj_per_s']:.1f} traj/s, steps {row['steps_mean']:.0f}, "
+                          f"compile {row['compile_s']:.1f} s", flush=True)  # fmt: skip
+            else:
+                print(f"  previous release {name} {setting}: {r.get('error', '')[-300:]}")
+            out["runs"].append(r)
+        npz.unlink()
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def _default_stop(probs, v0s, n, kw):
+    """(grad_tol, t_max) that `fine_tune` uses by default on the first n lanes."""
+    scale = default_tolerances(jnp.float64)[2]
+
+    def one(p, v):
+        lam = jnp.max(lf.reduce(p).sigma2)
+        return default_grad_tol(lam, p.Y, v, scale), 1e6 / lam
+
+    g, tm = jax.jit(jax.vmap(one))(take(probs, slice(0, n)), v0s[:n])
+    g, tm = np.asarray(g), np.asarray(tm)
+    if kw:
+        tm = np.full(n, float(kw["t_max"]))
+    return g, tm
+
+
+_REFS: dict = {}
+
+
+def reference(key, p, v0, t_max: float, grad_tol: float) -> tuple[np.ndarray, float, int]:
+    """w = B^T v of the tight solve `lf.fine_tune(rtol 1e-13, atol 1e-15)` with this stop
+    rule (gradient below grad_tol, or t_max); memoised. Returns (w, t_stop, status)."""
+    k = (key, float(t_max), float(grad_tol))
+    if k not in _REFS:
         tr = lf.fine_tune(
-            p,
-            v0,
-            solver=diffrax.Dopri8(),
-            rtol=1e-13,
-            atol=1e-15,
-            check=False,
-            ts=ts,
-            t_max=t_stop,
-            grad_tol=0.0,
-            max_steps=2_000_000,
-        )
-        return baselines.w_final(tr), tr.status
-
-    return jax.jit(ref)
+            p, v0, ts=jnp.asarray([0.0, t_max]), t_max=t_max, grad_tol=grad_tol, check=False,
+            **REF_TOL,
+        )  # fmt: skip
+        _REFS[k] = (np.asarray(tr.B_final.T @ tr.v_final), float(tr.t_final), int(tr.status))
+    return _REFS[k]
 
 
-def reference(p, v0, t_stop):
-    """Tight reference w at time `t_stop`: diffrax Dopri8 on the reduced state (lf.fine_tune),
-    rtol 1e-13, atol 1e-15, no gradient stop. Independent of the batched solver's code."""
-    w, status = _reference_fn()(p, v0, jnp.asarray(t_stop, jnp.float64))
-    assert int(status) == lf.Status.MAX_TIME, f"reference solve failed: status {int(status)}"
-    return np.asarray(w)
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
-
-
-def flops_bytes_per_step(k: int, r: int, solver: str = SOLVER):
-    """Arithmetic and compulsory memory traffic of one step of one lane, counted from the code
-    (multiply-adds as 2 FLOP; traffic as if no array stayed in cache between kernels)."""
-    state = k + k * r
-    field_f, field_w = 4 * k * r + 3 * r + 2 * k * r, 2 * state + 2 * r
-    if solver == "rodas5p":
-        tab = bt._RODAS5P
-        S = len(tab.C) + 1
-        nnz = sum(len(row) for row in tab.a) + sum(len(row) for row in tab.C)
-        solve_f, solve_w = 12 * k * r + 2 * k * k + 4 * r, 4 * state + 2 * k * r + 2 * k * k
-        lin_f = 2 * k * k * r + 6 * k * r + 2 * k**3
-        lin_w = 3 * k * r + 3 * k * k + 4 * r
-        flops = S * (field_f + solve_f) + field_f + lin_f + 2 * nnz * state + 10 * state
-        words = S * (field_w + solve_w) + field_w + lin_w + (nnz + 2 * S) * state + 6 * state
-        return flops, 8 * words
-    tab = bt._tableau(solver)
-    S, nnz = len(tab.a), sum(sum(1 for w in row if w) for row in tab.a)
-    ne = sum(1 for w in tab.e if w)
-    flops = S * field_f + 2 * nnz * state + (2 * ne + 8) * state
-    words = S * field_w + (nnz + 2 * S) * state + (ne + 6) * state
-    return flops, 8 * words
-
-
-def _pieces(probs, v0s, mesh=None, lanes=128):
-    """linfeat's batched solve in three timed parts, each after compilation: set-up (the exact
-    reduction), integration, and output (the `Trajectory` in the basis of each lane)."""
-    ops = bt._ops(
-        mesh, num_save=64, train_features=True, lp_init=False, outputs="full",
-        with_metrics=False, solver=SOLVER, segment=128,
+def _accuracy_row(name, method, probs, v0s, fin, grad_tols, t_maxs, grad_tol_kind):
+    n = len(fin["w"])
+    e, e_t, bad = [], [], []
+    for i in range(n):
+        p, v0 = take(probs, i), v0s[i]
+        w_ref, _, st = reference((name, i), p, v0, t_maxs[i], grad_tols[i])
+        w_t, _, st_t = reference((name, i), p, v0, fin["t_final"][i], NO_STOP)
+        e.append(rel(fin["w"][i], w_ref))
+        e_t.append(rel(fin["w"][i], w_t))
+        bad += [s for s in (st, st_t) if s >= lf.Status.STEP_LIMIT]
+    row = dict(
+        workload=name, method=method, lanes=n, grad_tol=grad_tol_kind,
+        rel_err=e, max_rel_err=max(e), rel_err_same_t=e_t, max_rel_err_same_t=max(e_t),
+        reference_failures=len(bad), judged_on="rel_err_same_t",
+        ok=bool(max(e_t) < ACC and not bad),
     )  # fmt: skip
-    dt = probs.X.dtype
-    args = (probs, v0s, None, None, *(jnp.asarray(x, dt) for x in (TOL["rtol"], TOL["atol"])))
-    args = (*args, jnp.asarray(GRAD_TOL, dt))
-
-    def setup():
-        return ops.setup(*args)
-
-    def integrate(su):
-        c = su.consts if mesh is None else ops.put(jax.tree.map(np.asarray, su.consts))
-        v0, A0 = (ops.put(np.asarray(x)) for x in (su.v0, su.A0))
-        s, saves = bt.integrate_reduced(ops, v0, A0, c, max_steps=100_000, lanes=lanes)
-        return s, ops.finish(s, saves)
-
-    def output(su, s, saves):
-        su_c = (
-            su if mesh is None else su._replace(consts=ops.put(jax.tree.map(np.asarray, su.consts)))
-        )
-        tr = bt.assemble(ops, su_c, s, saves, mesh=mesh, with_metrics=False)
-        return tr._replace(basis=su.red.basis)
-
-    su, f1, setup_s = timed(setup)
-    (s, saves), f2, integrate_s = timed(integrate, su)
-    tr, f3, output_s = timed(output, su, s, saves)
-    compile_s = (f1 - setup_s) + (f2 - integrate_s) + (f3 - output_s)
-    return tr, dict(setup_s=setup_s, integrate_s=integrate_s, output_s=output_s), compile_s
+    print(f"  accuracy {name:12s} {method:34s} max rel err {max(e_t):.1e} (same time), "
+          f"{max(e):.1e} (same stop rule)  {'OK' if row['ok'] else 'FAIL'}",
+          flush=True)  # fmt: skip
+    return row
 
 
-def _linfeat_row(rows, name, b, label, probs, v0s, mesh):
-    tr, parts, compile_s = _pieces(probs, v0s, mesh)
-    setup_s, integrate_s = parts["setup_s"], parts["integrate_s"]
-    solve_s = integrate_s + parts["output_s"]
-    steps = np.asarray(tr.num_steps)
-    fl, by = flops_bytes_per_step(K, probs.X.shape[-2] if name.startswith("small") else 50)
-    lane_steps = float(steps.sum())
-    run_s = setup_s + solve_s
-    rows.append(
-        dict(
-            workload=name,
-            batch=b,
-            method=label,
-            run_s=run_s,
-            **parts,
-            solve_s=solve_s,
-            compile_s=compile_s,
-            traj_per_s=b / run_s,
-            traj_per_s_solve=b / solve_s,
-            traj_per_s_integrate=b / integrate_s,
-            steps_mean=float(steps.mean()),
-            steps_max=int(steps.max()),
-            converged=float(np.mean(np.asarray(tr.status) == 0)),
-            max_time=float(np.mean(np.asarray(tr.status) == lf.Status.MAX_TIME)),
-            us_per_lane_step=integrate_s / lane_steps * 1e6 * (1 if mesh is None else mesh.size),
-            gflops=fl * lane_steps / integrate_s / 1e9,
-            gbytes=by * lane_steps / integrate_s / 1e9,
-        )
-    )
-    _print_row(rows[-1])
-    return tr
-
-
-def _baselines(res, name, probs, v0s, n_sub, tr_l):
-    """Baselines (a), (b) and the core engine on the first `n_sub` instances, and accuracy of
-    every method against the reference at its own stop time.
-
-    Each baseline integrates over the time span linfeat needed on that instance (its horizon
-    is linfeat's stop time; it stops earlier if its own gradient test passes): explicit
-    solvers cannot reach the 1e-10 gradient test on square X in reasonable time (their error
-    floor in the gradient, and stability-bound steps up to 1e6 / lambda_max), so "the same
-    trajectory" is the fair unit of work.
-    """
-    rows, acc = res.setdefault("throughput", []), res.setdefault("accuracy", [])
-    sub_p, sub_v = take(probs, slice(0, n_sub)), v0s[:n_sub]
-    t_max = np.asarray(tr_l.t_final)[:n_sub]
-    out = {}
-
-    t = time.perf_counter()
-    res_a = [
-        baselines.scipy_dop853(
-            take(sub_p, i), sub_v[i], grad_tol=GRAD_TOL, t_max=t_max[i], **BASE_TOL
-        )
-        for i in range(n_sub)
-    ]
-    t_a = time.perf_counter() - t
-    out["(a) scipy DOP853 full state"] = [(w, ts) for w, ts, _ in res_a]
-    rows.append(
-        dict(
-            workload=name,
-            batch=n_sub,
-            method="(a) scipy DOP853 full state, loop",
-            run_s=t_a,
-            compile_s=0.0,
-            traj_per_s=n_sub / t_a,
-        )
-    )
-    _print_row(rows[-1])
-
-    full = jax.jit(
-        lambda p, v, tm: baselines.diffrax_full(p, v, t_max=tm, grad_tol=GRAD_TOL, **BASE_TOL)
-    )
-    hz = jnp.asarray(t_max)
-    _, first, _ = timed(full, take(sub_p, 0), sub_v[0], hz[0])
-    t = time.perf_counter()
-    trs = [jax.block_until_ready(full(take(sub_p, i), sub_v[i], hz[i])) for i in range(n_sub)]
-    t_b = time.perf_counter() - t
-    out["(b) diffrax Tsit5 full state, loop"] = [
-        (np.asarray(baselines.w_final(x)), float(x.t_final)) for x in trs
-    ]
-    rows.append(
-        dict(
-            workload=name,
-            batch=n_sub,
-            method="(b) diffrax Tsit5 full state, loop",
-            run_s=t_b,
-            compile_s=first,
-            traj_per_s=n_sub / t_b,
-            steps_mean=float(np.mean([x.num_steps for x in trs])),
-        )
-    )
-    _print_row(rows[-1])
-
-    vfull = jax.jit(jax.vmap(full))
-    trv, first, second = timed(vfull, sub_p, sub_v, hz)
-    out["(b) diffrax Tsit5 full state, vmap"] = [
-        (np.asarray(baselines.w_final(take(trv, i))), float(trv.t_final[i])) for i in range(n_sub)
-    ]
-    rows.append(
-        dict(
-            workload=name,
-            batch=n_sub,
-            method="(b) diffrax Tsit5 full state, vmap",
-            run_s=second,
-            compile_s=first - second,
-            traj_per_s=n_sub / second,
-        )
-    )
-    _print_row(rows[-1])
-
-    grid = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0, 63)])
-    core = jax.jit(
-        jax.vmap(
-            lambda p, v, tm: lf.fine_tune(
-                p, v, check=False, grad_tol=GRAD_TOL, ts=tm * grid, t_max=tm, **BASE_TOL
-            )
-        )
-    )
-    trc, first, second = timed(core, sub_p, sub_v, hz)
-    out["lf.fine_tune (diffrax Tsit5, reduced), vmap"] = [
-        (np.asarray(baselines.w_final(take(trc, i))), float(trc.t_final[i])) for i in range(n_sub)
-    ]
-    rows.append(
-        dict(
-            workload=name,
-            batch=n_sub,
-            method="lf.fine_tune (diffrax Tsit5, reduced), vmap",
-            run_s=second,
-            compile_s=first - second,
-            traj_per_s=n_sub / second,
-        )
-    )
-    _print_row(rows[-1])
-
-    out["linfeat batched"] = [(w_of(tr_l, i), float(tr_l.t_final[i])) for i in range(n_sub)]
-    worst = {}
-    for method, pairs in out.items():
-        for i, (w, t_stop) in enumerate(pairs):
-            e = rel(w, reference(take(sub_p, i), sub_v[i], t_stop))
-            acc.append(
-                dict(
-                    workload=name,
-                    instance=i,
-                    method=method,
-                    t_stop=t_stop,
-                    rel_err_w=e,
-                    ok=bool(e < ACC),
-                )
-            )
-            worst[method] = max(worst.get(method, 0.0), e)
-    for mth, e in worst.items():
-        print(
-            f"  accuracy {name:28s} {mth:44s} max rel err of w: {e:.2e}  "
-            f"{'OK' if e < ACC else 'FAIL'}",
-            flush=True,
-        )
-
-
-def section_small(res, quick, mesh):
-    rows = res.setdefault("throughput", [])
-    name = "small d=200 k=10 m=20 n=20"
-    batches = [1, 64, 1024, 4096] if quick else [1, 64, 1024, 4096, 16384]
-    probs_all, v0_all = make_batch(0, max(batches), **SMALL)
-    for b in batches:
-        probs, v0s = take(probs_all, slice(0, b)), v0_all[:b]
-        tr = _linfeat_row(rows, name, b, "linfeat rodas5p", probs, v0s, None)
-        if mesh.size > 1 and b % mesh.size == 0:
-            _linfeat_row(rows, name, b, f"linfeat rodas5p, {mesh.size} devices", probs, v0s, mesh)
-        if b == 64:  # the explicit pair on the same lanes: what stiffness costs it. Horizon:
-            # the median lane's stop time (the slowest lanes stop at 1e6 / lambda_max).
-            horizon = float(np.median(tr.t_final))
-            grid = horizon * jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0, 63)])
-            tr_e, first, second = timed(
-                linfeat_batch, probs, v0s, solver="dopri8", ts=grid, t_max=horizon
-            )
-            steps = np.asarray(tr_e.num_steps)
-            rows.append(
-                dict(
-                    workload=name,
-                    batch=b,
-                    method="linfeat dopri8 (explicit), median span",
-                    run_s=second,
-                    compile_s=first - second,
-                    traj_per_s=b / second,
-                    steps_mean=float(steps.mean()),
-                    steps_max=int(steps.max()),
-                    converged=float(np.mean(np.asarray(tr_e.status) == 0)),
-                )
-            )
-            _print_row(rows[-1])
-        if b == min(64, max(batches)):
-            tr_sub = tr
-    del probs_all
-    probs, v0s = make_batch(0, 64, **SMALL)
-    _baselines(res, name, probs, v0s, 2 if quick else 4, tr_sub)
-
-
-def section_n2m(res, quick, mesh):
-    """`small` with n = 2m (well-conditioned X): where the explicit pair is competitive."""
-    rows = res.setdefault("throughput", [])
-    name = "small-n2m d=200 k=10 m=20 n=40"
-    b = 1024 if quick else 4096
-    probs, v0s = make_batch(0, b, d=200, m=20, n=40)
-    _linfeat_row(rows, name, b, "linfeat rodas5p", probs, v0s, None)
-    # The explicit pair at the library's tolerances: at rtol 1e-8 its error floor in the
-    # gradient stays above the 1e-10 test and it would run to the horizon.
-    tr_e, first, second = timed(linfeat_batch, probs, v0s, solver="dopri8", rtol=1e-12, atol=1e-14)
-    steps = np.asarray(tr_e.num_steps)
-    rows.append(
-        dict(
-            workload=name,
-            batch=b,
-            method="linfeat dopri8 (explicit, rtol 1e-12)",
-            run_s=second,
-            compile_s=first - second,
-            traj_per_s=b / second,
-            steps_mean=float(steps.mean()),
-            steps_max=int(steps.max()),
-        )
-    )
-    _print_row(rows[-1])
-    tr_sub = linfeat_batch(take(probs, slice(0, 64)), v0s[:64])
-    # 4 instances at most: the jit(vmap) of baseline (b)'s full-space solve (its metrics use
-    # batched eigh) hung at 0% CPU with 8 lanes on this CPU (README, "Known problems")
-    _baselines(res, name, take(probs, slice(0, 64)), v0s[:64], 4, tr_sub)
-
-
-def section_gd(res, quick):
-    probs, v0s = make_batch(0, 1, **SMALL)
-    p, v0 = take(probs, 0), v0s[0]
-    t_f = float(linfeat_batch(probs, v0s).t_final[0])
-    w_ref = reference(p, v0, 3.0 * t_f)  # GD runs to 3 t_final (baselines.gd_error_and_cost)
-    etas = [1e-3, 3e-4] if quick else [1e-3, 3e-4, 1e-4]
-    rows = baselines.gd_error_and_cost(p, v0, w_ref, etas, t_final=t_f)
-    # error is first order in eta: eta_needed = eta * ACC / err (from the smallest eta run)
-    last = rows[-1]
-    eta_need = last["eta"] * ACC / last["rel_err_w"]
-    steps_need = 3.0 * t_f / eta_need
-    res["gd"] = dict(
-        rows=rows,
-        eta_needed=eta_need,
-        steps_needed=steps_need,
-        est_s_per_traj=steps_need * last["s_per_step"],
-    )
-    for r in rows:
-        print(
-            f"  (c) optax GD eta={r['eta']:.0e}: {r['steps']} steps, rel err of w "
-            f"{r['rel_err_w']:.2e}, {r['run_s']:.3f} s"
-        )
-    print(
-        f"  (c) step needed for 1e-8: eta ~ {eta_need:.1e} -> {steps_need:.2e} steps ~ "
-        f"{res['gd']['est_s_per_traj']:.0f} s per trajectory (extrapolated)"
-    )
-
-
-def section_medium(res, quick, mesh):
-    rows = res.setdefault("throughput", [])
-    name = "medium d=1000 k=10 m=50 n=100"
-    bs = [64] if quick else [64, 1024]
-    probs_all, v0_all = make_batch(1, max(bs), d=1000, m=50, n=100)
-    for b in bs:
-        probs, v0s = take(probs_all, slice(0, b)), v0_all[:b]
-        tr = _linfeat_row(rows, name, b, "linfeat rodas5p", probs, v0s, None)
-        if mesh.size > 1 and b % mesh.size == 0:
-            _linfeat_row(rows, name, b, f"linfeat rodas5p, {mesh.size} devices", probs, v0s, mesh)
-    n_sub = 4
-    hz = np.asarray(tr.t_final)[:n_sub]  # same span as linfeat (see `_baselines`)
-    t = time.perf_counter()
-    out = [
-        baselines.scipy_dop853(
-            take(probs_all, i), v0_all[i], grad_tol=GRAD_TOL, t_max=hz[i], **BASE_TOL
-        )
-        for i in range(n_sub)
-    ]
-    t_a = time.perf_counter() - t
-    rows.append(
-        dict(
-            workload=name,
-            batch=n_sub,
-            method="(a) scipy DOP853 full state, loop",
-            run_s=t_a,
-            compile_s=0.0,
-            traj_per_s=n_sub / t_a,
-        )
-    )
-    _print_row(rows[-1])
+def section_accuracy(res, cfg: Config):
     acc = res.setdefault("accuracy", [])
-    for i, (w, t_stop, _) in enumerate(out[:2]):
-        for method, (ww, ts) in (
-            ("(a) scipy DOP853 full state", (w, t_stop)),
-            ("linfeat batched", (w_of(tr, i), float(tr.t_final[i]))),
-        ):
-            e = rel(ww, reference(take(probs_all, i), v0_all[i], ts))
-            acc.append(
-                dict(
-                    workload=name,
-                    instance=i,
-                    method=method,
-                    t_stop=ts,
-                    rel_err_w=e,
-                    ok=bool(e < ACC),
-                )
-            )
-            print(f"  accuracy {name:28s} {method:44s} instance {i}: {e:.2e}", flush=True)
+    finals = STATE.get("finals", {})
+    for name, (probs, v0s, _, kw, batches) in workloads(cfg).items():
+        n = min(cfg.acc_lanes, batches[-1])
+        g, tm = _default_stop(probs, v0s, n, kw)
+        for path, label in (("natural", "natural jit(vmap(fine_tune))"),
+                            ("batch", "fine_tune_batch")):  # fmt: skip
+            if (name, path) in finals:
+                acc.append(_accuracy_row(name, label, probs, v0s, finals[(name, path)], g, tm,
+                                         "default (scale-aware)"))  # fmt: skip
+        for setting in ("bench", "defaults"):
+            fin = finals.get((name, f"previous {setting}", batches[-1]))
+            if fin is not None:
+                gt = np.full(fin["n"], fin["grad_tol"])
+                acc.append(_accuracy_row(name, f"previous release {setting}", probs, v0s, fin,
+                                         gt, tm, f"{fin['grad_tol']:g} absolute"))  # fmt: skip
 
 
-def section_dscaling(res, quick):
-    rows = res.setdefault("dscaling", [])
-    ds = [1000, 10_000, 100_000] if quick else [1000, 10_000, 100_000, 1_000_000]
-    for d in ds:
-        probs, v0s = make_batch(2, 1, d=d, m=50, n=100)
-        tr, parts, compile_s = _pieces(probs, v0s)
-        setup_s, solve_s = parts["setup_s"], parts["integrate_s"] + parts["output_s"]
-        row = dict(
-            d=d,
-            batch=1,
-            setup_s=setup_s,
-            solve_s=solve_s,
-            compile_s=compile_s,
-            steps=int(tr.num_steps[0]),
-            status=int(tr.status[0]),
-        )
-        if d == 10_000:
-            p, v0 = take(probs, 0), v0s[0]
-            t_max = float(tr.t_final[0])  # same span as linfeat (see `_baselines`)
-            full = jax.jit(
-                lambda p, v, tm: baselines.diffrax_full_raw(p, v, tm, grad_tol=GRAD_TOL, **BASE_TOL)
-            )
-            (w_b, nb, t_b), first, second = timed(full, p, v0, t_max)
-            row.update(
-                diffrax_full_s=second,
-                diffrax_full_compile_s=first - second,
-                diffrax_full_steps=int(nb),
-            )
-            row.update(
-                rel_err_linfeat=rel(w_of(tr, 0), reference(p, v0, float(tr.t_final[0]))),
-                rel_err_diffrax_full=rel(w_b, reference(p, v0, float(t_b))),
-            )
-            for method in ("linfeat", "diffrax_full"):
-                e = row[f"rel_err_{method}"]
-                res["accuracy"].append(
-                    dict(
-                        workload=f"d-scaling d={d}",
-                        instance=0,
-                        method=method,
-                        rel_err_w=e,
-                        ok=bool(e < ACC),
-                    )
-                )
-        rows.append(row)
+# --------------------------------------------------------------------------- baselines
+
+
+def _linfeat_stop(cfg: Config, n: int):
+    """linfeat's stop time and threshold on the first n `small` lanes (library defaults)."""
+    probs, v0s, _, kw, _ = workloads(cfg)["small"]
+    fin = STATE.get("finals", {}).get(("small", "batch"))
+    if fin is None or len(fin["t_final"]) < n:
+        tr = lf.fine_tune_batch(take(probs, slice(0, n)), v0s[:n], with_metrics=False)
+        fin = dict(w=w_final(tr, n), t_final=np.asarray(tr.t_final))
+    g, _ = _default_stop(probs, v0s, n, kw)
+    return probs, v0s, fin, g
+
+
+def _ladder(name, run, lanes, check, extra=None):
+    """Runs `run(rtol, atol)` -> (ws, t_stops, info, seconds) from the loosest rtol of
+    `LADDER` until every lane is within ACC (same-time comparison)."""
+    cal = []
+    for rtol in LADDER:
+        ws, t_stops, info, secs = run(rtol, rtol * 1e-2)
+        errs = [check(i, ws[i], t_stops[i]) for i in range(lanes)]
+        cal.append(dict(rtol=rtol, atol=rtol * 1e-2, run_s=secs, max_rel_err_same_t=max(errs),
+                        **info))  # fmt: skip
         print(
-            "  d-scaling "
-            + " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            ),
+            f"  baseline {name:34s} rtol {rtol:.0e}: {secs:8.3f} s for {lanes} "
+            f"({lanes / secs:8.2f} traj/s), max rel err {max(errs):.1e}",
             flush=True,
         )
-        del probs, v0s, tr
-
-
-def section_compile(res, mesh):
-    """Second call with equal shapes: no new compilation (jit cache sizes unchanged)."""
-    probs, v0s = make_batch(4, 64, **SMALL)
-    bt._ops.cache_clear()
-    t = time.perf_counter()
-    jax.block_until_ready(linfeat_batch(probs, v0s))
-    first = time.perf_counter() - t
-    ops = bt._ops(
-        None,
-        num_save=64,
-        train_features=True,
-        lp_init=False,
-        outputs="full",
-        with_metrics=False,
-        solver=SOLVER,
-        segment=64,
-    )
-    fns = (ops.setup, ops.init, ops.load, ops.advance, ops.store, ops.finish, ops.trajectory)
-    sizes = [f._cache_size() for f in fns]
-    t = time.perf_counter()
-    jax.block_until_ready(linfeat_batch(probs, v0s))
-    second = time.perf_counter() - t
-    sizes2 = [f._cache_size() for f in fns]
-    res["compile"] = dict(
-        first_call_s=first,
-        second_call_s=second,
-        compile_s=first - second,
-        recompiled=sizes != sizes2,
-        cache_sizes=sizes,
-    )
-    print(
-        f"  compile: first {first:.2f} s, second {second:.2f} s -> compile {first - second:.2f}"
-        f" s; recompiled on 2nd call: {sizes != sizes2}"
+        if max(errs) < ACC:
+            break
+    best = cal[-1]
+    return dict(
+        method=name,
+        lanes=lanes,
+        rtol=best["rtol"],
+        atol=best["atol"],
+        run_s=best["run_s"],
+        traj_per_s=lanes / best["run_s"],
+        max_rel_err_same_t=best["max_rel_err_same_t"],
+        ok=bool(best["max_rel_err_same_t"] < ACC),
+        calibration=cal,
+        **(extra or {}),
     )
 
 
-def memory_sweep(n: int, batch_size: int) -> dict:
-    """n `small` instances built and solved chunk by chunk (run in a fresh process)."""
-    mesh = batch_mesh()
+def kvaerno5_server(path: str) -> None:
+    """Child process of `_kvaerno5_row`: loads the lanes, compiles, then answers one
+    `{"rtol", "atol"}` request per line with the timed jit(vmap) Kvaerno5 solve."""
+    z = np.load(path)
+    args = tuple(jnp.asarray(z[k]) for k in ("sigma2", "g", "v0", "A0", "t_max", "grad_tol"))
+    kv = baselines.kvaerno5_vmap()
+    with CompileClock() as clock:
+        t = time.perf_counter()
+        jax.block_until_ready(kv(*args, 1e-8, 1e-10))
+        first = time.perf_counter() - t
+    print("RESULT" + json.dumps(dict(first_call_s=first, compile_events_s=clock.seconds)),
+          flush=True)  # fmt: skip
+    for line in sys.stdin:
+        req = json.loads(line)
+        t = time.perf_counter()
+        out = jax.block_until_ready(kv(*args, req["rtol"], req["atol"]))
+        secs = time.perf_counter() - t
+        v, A, ts, steps, conv, failed = (np.asarray(x).tolist() for x in out)
+        print("RESULT" + json.dumps(dict(v=v, A=A, ts=ts, steps=steps, failed=failed,
+                                         run_s=secs)), flush=True)  # fmt: skip
+
+
+def _kvaerno5_row(cfg: Config, n, P, V0, reds, t_stop, g, check) -> dict:
+    """diffrax Kvaerno5 (jit(vmap)) in a child process with a deadline per solve: its Newton
+    solves use batched LAPACK LU, which can deadlock on a 2-thread CPU pool."""
+    tmp = Path(STATE.get("out_dir", ".")) / "kvaerno5_lanes.npz"
+    np.savez(tmp, sigma2=np.stack([r.sigma2 for r in reds]), g=np.stack([r.g for r in reds]),
+             v0=np.stack(V0), A0=np.stack([r.A0 for r in reds]), t_max=np.asarray(t_stop),
+             grad_tol=np.asarray(g))  # fmt: skip
+    child = LineChild(
+        "import jax; jax.config.update('jax_enable_x64', True); "
+        f"from benchmarks import suite; suite.kvaerno5_server({str(tmp)!r})"
+    )
+    extra = dict(state=f"(v, A) in R^{K + K * cfg.m}", process="child, deadline per solve",
+                 jacobian="jax.jacfwd in diffrax's VeryChord, dense LU (lineax)")  # fmt: skip
+    name = "diffrax Kvaerno5, reduced, jit(vmap)"
+    try:
+        ready = child.ask(None, timeout=cfg.child_timeout_s)
+
+        def kv_run(rtol, atol):
+            r = child.ask(dict(rtol=rtol, atol=atol), timeout=cfg.child_timeout_s)
+            v, A = np.asarray(r["v"]), np.asarray(r["A"])
+            ws = [(P[i].B0 + (A[i] - reds[i].A0) @ reds[i].basis.T).T @ v[i] for i in range(n)]
+            info = dict(steps_mean=float(np.mean(r["steps"])), failed=int(np.sum(r["failed"])))
+            return ws, np.asarray(r["ts"]), info, r["run_s"]
+
+        row = _ladder(name, kv_run, n, check, extra)
+        row.update(first_call_s=ready["first_call_s"], compile_events_s=ready["compile_events_s"],
+                   compile_s=ready["first_call_s"] - row["calibration"][0]["run_s"])  # fmt: skip
+    except (TimeoutError, RuntimeError) as e:
+        row = dict(method=name, lanes=n, error=str(e), stderr=child.stderr_tail(500), ok=False,
+                   **extra)  # fmt: skip
+        print(f"  baseline {name}: {e}", flush=True)
+    finally:
+        child.close()
+        tmp.unlink(missing_ok=True)
+    return row
+
+
+def section_baselines(res, cfg: Config):
+    n = cfg.base_lanes
+    probs, v0s, fin, g = _linfeat_stop(cfg, n)
+    t_stop = fin["t_final"][:n]
+    P = [jax.tree.map(np.asarray, take(probs, i)) for i in range(n)]
+    V0 = [np.asarray(v0s[i]) for i in range(n)]
+    reduce_jit = jax.jit(lf.reduce)
+    reds = [jax.tree.map(np.asarray, reduce_jit(take(probs, i))) for i in range(n)]
+    jac_err = baselines.check_jacobian(
+        reds[0].sigma2, reds[0].g, K, np.concatenate([V0[0], reds[0].A0.ravel()])
+    )
+
+    def check(i, w, ts):
+        return rel(w, reference(("small", i), take(probs, i), v0s[i], ts, NO_STOP)[0])
+
+    rows = []
+
+    def scipy_run(fn, **kws):
+        def run(rtol, atol):
+            t = time.perf_counter()
+            outs = [fn(i, rtol=rtol, atol=atol, **kws) for i in range(n)]
+            secs = time.perf_counter() - t
+            return ([o[0] for o in outs], [o[1] for o in outs],
+                    dict(nfev_mean=float(np.mean([o[2] for o in outs]))), secs)  # fmt: skip
+
+        return run
+
+    blas = contextlib.ExitStack()
+    blas_libs = blas.enter_context(baselines.blas_threads(1))
+    full = scipy_run(lambda i, **kw: baselines.scipy_full(
+        P[i].X, P[i].Y, P[i].B0, V0[i], t_max=t_stop[i], grad_tol=g[i], **kw))  # fmt: skip
+    rows.append(
+        _ladder(
+            "scipy DOP853, full state",
+            full,
+            n,
+            check,
+            dict(state=f"(v, B) in R^{K + K * cfg.d}", jacobian="none (explicit)"),
+        )
+    )
+    for method in ("BDF", "Radau", "LSODA"):
+        red_run = scipy_run(
+            lambda i, **kw: baselines.scipy_reduced(
+                reds[i], P[i].B0, V0[i], t_max=t_stop[i], grad_tol=g[i], **kw
+            ),
+            method=method,
+        )
+        rows.append(
+            _ladder(
+                f"scipy {method}, reduced state",
+                red_run,
+                n,
+                check,
+                dict(
+                    state=f"(v, A) in R^{K + K * cfg.m}",
+                    jacobian="analytic, NumPy (baselines.reduced_jacobian)",
+                ),
+            )
+        )
+
+    blas.close()
+    rows.append(_kvaerno5_row(cfg, n, P, V0, reds, t_stop, g, check))
+    res["baselines"] = dict(
+        workload="small", lanes=n, jacobian_check_rel=jac_err, scipy_blas_threads=1,
+        scipy_blas_libraries=blas_libs, horizon="linfeat's stop time on each instance",
+        stop="gradient norm below linfeat's default threshold, else the horizon", rows=rows,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- d-scaling
+
+
+def section_dscaling(res, cfg: Config):
+    rows = res.setdefault("dscaling", [])
+    for d in cfg.dscaling:
+        shape = dict(d=d, k=K, m=cfg.dscaling_m, feature_error=0.5)
+        mk = jax.jit(lambda kk, shape=shape: lf.make_problem(kk, **shape))
+        p, t_mk = timed(mk, jax.random.key(2))
+        _, t_red = timed(jax.jit(lf.reduce), p)
+        v0 = jax.random.normal(jax.random.key(3), (K,))
+        tr, t_ft = timed(lf.fine_tune, p, v0)
+        row = dict(
+            **shape, n=2 * cfg.dscaling_m, make_problem_s=t_mk["run_s"],
+            make_problem_compile_s=t_mk["compile_s"], reduce_s=t_red["run_s"],
+            solve_s=t_ft["run_s"], compile_s=t_ft["compile_s"],
+            compile_events_s=t_ft["compile_events_s"], steps=int(tr.num_steps),
+            status=int(tr.status),
+        )  # fmt: skip
+        rows.append(row)
+        print(f"  d-scaling d={d:.0e}: make_problem {row['make_problem_s']:.3f} s, reduce "
+              f"{row['reduce_s']:.4f} s, fine_tune {row['solve_s']:.4f} s (compile "
+              f"{row['compile_s']:.1f} s), {row['steps']} steps, status {row['status']}",
+              flush=True)  # fmt: skip
+        del p, tr
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_sweep(n: int, batch_size: int, d: int = 200, m: int = 20) -> dict:
+    """n `small` instances built and solved chunk by chunk by `lf.sweep` (fresh process)."""
+    mesh = lf.batch_mesh() if len(jax.devices()) > 1 else None
 
     def instance(key):
-        p = lf.make_problem(key, **SMALL, k=K, feature_error=0.5)
+        p = lf.make_problem(key, d=d, k=K, m=m, n=m, feature_error=0.5)
         return p, jax.random.normal(jax.random.fold_in(key, 1), (K,))
 
     keys = jax.random.split(jax.random.key(5), n)
-    tr = bt.sweep(
-        instance,
-        keys,
-        batch_size=batch_size,
-        progress=False,
-        with_metrics=False,
-        mesh=mesh,
-        solver=SOLVER,
-        grad_tol=GRAD_TOL,
-        **TOL,
-    )
-    st = np.asarray(tr.status)
+    tr = lf.sweep(instance, keys, batch_size=batch_size, progress=False, outputs="metrics",
+                  mesh=mesh)  # fmt: skip
     return dict(
         n=n,
         batch_size=batch_size,
-        converged=float(np.mean(st == 0)),
-        max_time=float(np.mean(st == lf.Status.MAX_TIME)),
-        devices=mesh.size,
+        devices=1 if mesh is None else mesh.size,
+        outputs="metrics",
+        with_metrics=tr.metrics is not None,
+        steps_mean=float(np.mean(tr.num_steps)),
+        **status_fractions(tr.status),
     )
 
 
-def section_memory(res, quick):
-    n = 8192 if quick else 100_000
-    out = rss_of_sweep(n, 4096, len(jax.devices()))
+def section_memory(res, cfg: Config):
+    if cfg.sweep_n <= 0:
+        res["memory"] = dict(skipped=f"{cfg.name} mode")
+        return
+    devices = cfg.sweep_devices or os.cpu_count() or 1  # a sweep uses one device per core
+    out = rss_of_sweep(cfg.sweep_n, cfg.sweep_batch, devices, d=cfg.d, m=cfg.m)
     res["memory"] = out
-    print(f"  memory: {out}")
+    print(f"  memory: {out}", flush=True)
 
 
-def _print_row(r):
-    extra = ""
-    if "steps_mean" in r:
-        extra = f" steps mean {r['steps_mean']:.0f}" + (
-            f" max {r['steps_max']}" if "steps_max" in r else ""
-        )
-    if "solve_s" in r:
-        extra += (
-            f" | setup {r['setup_s']:.3f} s, integrate {r['integrate_s']:.3f} s "
-            f"({r['traj_per_s_integrate']:.0f} traj/s), output {r['output_s']:.3f} s, "
-            f"{r['us_per_lane_step']:.1f} us/lane-step per device"
-        )
+# --------------------------------------------------------------------------- driver
+
+
+def _print(r):
     print(
-        f"  {r['workload']:30s} b={r['batch']:<6d} {r['method']:44s} run {r['run_s']:8.3f} s  "
-        f"compile {r['compile_s']:6.2f} s  {r['traj_per_s']:9.1f} traj/s{extra}",
+        f"  {r['workload']:12s} b={r['batch']:<5d} {r['path']:8s} "
+        f"metrics={str(r['with_metrics']):5s} run {r['run_s']:8.3f} s  "
+        f"compile {r['compile_s']:6.2f} s ({r['compile_events_s']:.2f})"
+        f"  {r['traj_per_s']:8.1f} traj/s  steps {r['steps_mean']:.0f} / {r['steps_max']}"
+        f"  converged {r['converged']:.1%}",
         flush=True,
     )
 
 
-def run_all(*, quick: bool, skip=frozenset(), out=None) -> dict:
-    res = {"quick": quick, "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-    res["protocol"] = dict(
-        tol=TOL, baseline_tol=BASE_TOL, grad_tol=GRAD_TOL, acc=ACC, solver=SOLVER, k=K
-    )
+SECTIONS = ("compile", "natural_vs_batch", "previous_release", "accuracy", "baselines",
+            "dscaling", "memory")  # fmt: skip
+
+
+def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
+    cfg = CONFIGS[mode]
+    STATE.clear()
+    _REFS.clear()
+    rtol, atol, gscale = default_tolerances(jnp.float64)
+    res = {
+        "mode": mode, "quick": mode == "quick", "machine": machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "protocol": dict(
+            k=K, acc=ACC, reference=dict(**REF_TOL, solver="lf.fine_tune (Rodas5P)"),
+            defaults=dict(rtol=rtol, atol=atol, grad_scale=gscale),
+            previous_commit=PREV_COMMIT, baseline_ladder=list(LADDER),
+        ),
+    }  # fmt: skip
     m = res["machine"]
-    print(
-        f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_avg_1_5_15']}, peak "
-        f"{m['peak_flops_measured'] / 1e9:.1f} GFLOP/s (matmul), DRAM "
-        f"{m['dram_bandwidth_measured'] / 1e9:.1f} GB/s (triad)"
-    )
-    mesh = batch_mesh()
-    res["accuracy"] = []
-    sections = [
-        ("compile", lambda: section_compile(res, mesh)),
-        ("small", lambda: section_small(res, quick, mesh)),
-        ("n2m", lambda: section_n2m(res, quick, mesh)),
-        ("gd", lambda: section_gd(res, quick)),
-        ("medium", lambda: section_medium(res, quick, mesh)),
-        ("dscaling", lambda: section_dscaling(res, quick)),
-        ("memory", lambda: section_memory(res, quick)),
-    ]
-    for name, fn in sections:
+    print(f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_avg_1_5_15']}, peak "
+          f"{m['peak_flops_measured'] / 1e9:.1f} GFLOP/s (matmul), DRAM "
+          f"{m['dram_bandwidth_measured'] / 1e9:.1f} GB/s (triad); mode {mode}")  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="linfeat_bench_"))  # workload arrays for the children
+    STATE["out_dir"] = str(tmp)
+    fns = {
+        "compile": lambda: section_compile(res, cfg),
+        "natural_vs_batch": lambda: section_natural_vs_batch(res, cfg),
+        "previous_release": lambda: section_previous_release(res, cfg, tmp),
+        "accuracy": lambda: section_accuracy(res, cfg),
+        "baselines": lambda: section_baselines(res, cfg),
+        "dscaling": lambda: section_dscaling(res, cfg),
+        "memory": lambda: section_memory(res, cfg),
+    }
+    for name in SECTIONS:
         if name in skip:
             continue
         print(f"\n== {name} ==", flush=True)
         t = time.perf_counter()
-        fn()
+        fns[name]()
         res.setdefault("section_s", {})[name] = time.perf_counter() - t
         if out is not None:  # keep what is measured even if a later section fails
-            out.write_text(json.dumps(res, indent=1, default=float))
+            Path(out).write_text(json.dumps(res, indent=1, default=float))
+    shutil.rmtree(tmp, ignore_errors=True)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    res["load_avg_end"] = list(__import__("os").getloadavg())
+    res["load_avg_end"] = list(os.getloadavg())
     return res

@@ -95,53 +95,26 @@ def make_problems(key, num, *, dims, chunk, eps=0.0, a=1.0, scale_S=1.0, scale_p
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
 
 
-@functools.cache
-def _batched_flow(method: str):
-    """jit(vmap(flow)) with save times shared by the batch; `check=False`, read `status`."""
-    flow = {"ft": lf.fine_tune, "lp": lf.linear_probe_flow}[method]
+def solve(problems, heads, ts, *, chunk, method="ft", grad_tol=None, progress=None):
+    r"""FT (`method="ft"`) or the LP flow ("lp") on a batch through `lf.fine_tune_batch`.
 
-    def one(problem, v0, ts, grad_tol):
-        traj = flow(problem, v0, ts=ts, grad_tol=grad_tol, check=False)
-        m = traj.metrics._asdict()
-        out = {f"metric_{name}": val for name, val in m.items()}
-        # Errors at the converged state (saves after t_final repeat it, but convergence may
-        # come after the last save time).
-        v_f, B_f = traj.v_final, traj.B_final
-        out["final_ood_error"] = lf.ood_error(problem, v_f, B_f)
-        out["final_id_error"] = lf.id_error(problem, v_f, B_f)
-        out["final_id_subspace_error"] = lf.id_subspace_error(problem, v_f, B_f)
-        out.update(
-            v=traj.v,
-            v_final=traj.v_final,
-            t_final=traj.t_final,
-            status=traj.status,
-            num_steps=traj.num_steps,
-        )
-        return out
-
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))
-
-
-def solve(problems, heads, ts, *, chunk, method="ft", grad_tol=1e-9, progress=None):
-    r"""Runs FT (`method="ft"`) or the LP flow ("lp") on a batch, in chunks of `chunk` lanes.
-
-    Returns a dict of NumPy arrays: `metric_<name>` (num, T), `final_<error>` (num,) at the
-    converged state, `v` (num, T, k), `v_final`,
-    `t_final`, `status` (0 = converged), `num_steps`. LP-FT is `method="ft"` with the LP heads.
-    `grad_tol` is the absolute stopping threshold (the library default, 1e-9, suits
-    $\|v^*\| \approx 1$; the solver's own gradient floor grows like $\|v^*\|^3$).
+    Returns a dict of NumPy arrays: `metric_<name>` (num, T) at the save times,
+    `final_<error>` (num,) at the converged state, `v` (num, T, k), `v_final`, `t_final`,
+    `status` (0 = converged), `num_steps`. LP-FT is `method="ft"` with the LP heads. The
+    library's defaults (tolerances, scale-aware `grad_tol`) apply unless `grad_tol` is given.
     """
-    f = _batched_flow(method)
-    num = heads.shape[0]
-    ts = jnp.asarray(ts, float)
-    outs = []
-    for s, e in _chunks(num, chunk):
-        p = jax.tree.map(lambda x, s=s, e=e: _pad(x[s:e], chunk), problems)
-        out = f(p, _pad(heads[s:e], chunk), ts, jnp.asarray(grad_tol, float))
-        outs.append({k: np.asarray(v)[: e - s] for k, v in out.items()})
-        if progress is not None:
-            progress.update(e - s)
-    return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
+    tr = lf.fine_tune_batch(
+        problems, heads, method=method, ts=jnp.asarray(ts, float), grad_tol=grad_tol,
+        batch_size=chunk, outputs="metrics",
+    )  # fmt: skip
+    out = {f"metric_{name}": val for name, val in tr.metrics._asdict().items()}
+    for name in ("ood_error", "id_error", "id_subspace_error"):
+        out[f"final_{name}"] = getattr(tr.final_metrics, name)
+    out.update(v=tr.v, v_final=tr.v_final, t_final=tr.t_final, status=tr.status,
+               num_steps=tr.num_steps)  # fmt: skip
+    if progress is not None:
+        progress.update(heads.shape[0])
+    return out
 
 
 def batch_constants(problems):

@@ -3,7 +3,7 @@ r"""Feature distortion over time: FT changes the features on S only, and keeps b
 R1: $\|(B(t) - B_0)\Pi_{S^\perp}\|_F = 0$ for all t; R2: $v v^T - B B^T$ is conserved. FT from a
 random head changes the features on S by O(1); LP-FT (FT from the linear-probe head) barely
 changes them. Panel (c) compares the measured change on S with the exact width-one trajectory
-of THEORY.md section 4 (`k1_trajectory`) on random $k = m = 1$ problems.
+of docs/theory.md, section 5 (`k1_trajectory`) on random $k = m = 1$ problems.
 """
 
 from __future__ import annotations

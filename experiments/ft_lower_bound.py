@@ -6,10 +6,10 @@ $\min_t \sqrt{L_{ood}(t)}$ (over the saved times) is compared with
 
 - the printed bound
   $\frac{c_\perp}{\sqrt k}\frac{\min(\varphi, \varphi^2/a)}{(1 + a)^2} - \varepsilon$
-  (ICLR submission; THEORY.md shows it is false as stated), and
-- the rigorous replacement $c_\perp \delta_0 - \varepsilon a$ (THEORY.md R5), $\Sigma = I$.
+  (ICLR submission; docs/theory.md shows it is false as stated), and
+- the rigorous replacement $c_\perp \delta_0 - \varepsilon a$ (docs/theory.md R5), $\Sigma = I$.
 
-Printed-bound violations are marked. The THEORY.md counterexample (d = 4, k = 1, $v^* = 5$,
+Printed-bound violations are marked. The docs/theory.md counterexample (d = 4, k = 1, $v^* = 5$,
 $v_0 = 4.9$) is added as an explicit instance.
 """
 
@@ -25,7 +25,7 @@ from linfeat import _theory as T
 from . import _common as C
 
 # Two groups: the main dimensions with ||v*|| = 1, and k = 1 with ||v*|| = 5, the regime of the
-# THEORY.md counterexample where the printed constant fails (large a, c_perp near 1, k = 1).
+# docs/theory.md counterexample where the printed constant fails (large a, c_perp near 1, k = 1).
 _BASE = dict(
     seed=3,
     chunk=C.CHUNK,
@@ -76,7 +76,7 @@ def _heads(key, a_star, u, perp_scale):
 
 
 def _counterexample():
-    """THEORY.md R5 counterexample: t = 0 already violates the printed bound."""
+    """docs/theory.md R5 counterexample: t = 0 already violates the printed bound."""
     b0 = np.array([[np.sqrt(0.19), 0.0, 0.9, 0.0]])
     X = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     p = lf.problem_from_arrays(
@@ -113,7 +113,7 @@ def compute(config, checkpoint=None):
             uu = jnp.tile(jnp.asarray(u), S)
             H = _heads(kH, jnp.asarray(k["a_star"]), uu, config["perp_scale"] * a)
             # The solver's gradient floor scales like a^3 (see C.solve).
-            ft = C.solve(P, H, ts, chunk=chunk, grad_tol=1e-9 * max(a, 1.0) ** 3)
+            ft = C.solve(P, H, ts, chunk=chunk)
             phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
             return {
                 "a": np.full(phi.shape, a),
@@ -235,7 +235,7 @@ def plot(results, config, outdir):
         "*",
         ms=12,
         color="#ff7f0e",
-        label=f"THEORY.md counterexample (ratio {C.fmt(r['ce_min_sqrt'] / r['ce_printed'], 3)})",
+        label=f"counterexample (ratio {C.fmt(r['ce_min_sqrt'] / r['ce_printed'], 3)})",
     )
     posr = r["rigorous"] > 0
     ax.plot(

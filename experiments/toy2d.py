@@ -6,7 +6,7 @@ feature along $e_1$ (R1), so the feature slides horizontally and the predictor's
 component ends at $v_\infty \sin\beta_0$ instead of $w^*_2$; LP keeps $b_0$ and rescales it.
 
 Measured: `lf.fine_tune` (adaptive ODE solve) on the toy. Analytic: the closed-form trajectory
-and limit of THEORY.md section 4 (`linfeat._closed_form_oracles`).
+and limit of docs/theory.md, section 5 (`linfeat._closed_form_oracles`).
 """
 
 from __future__ import annotations

@@ -2,11 +2,13 @@
 
 A JAX simulator of A. Kumar, A. Raghunathan, R. Jones, T. Ma, P. Liang, "Fine-Tuning can
 Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022. Result ids
-(R1 ... R13) refer to THEORY.md. The library never changes global JAX configuration: switch on
+(R1 ... R13) refer to docs/theory.md. The library never changes global JAX configuration: switch on
 float64 yourself (`jax.config.update("jax_enable_x64", True)`) for tight checks.
 """
 
+from ._batched import batch_mesh as batch_mesh
 from ._batched import fine_tune_batch as fine_tune_batch
+from ._batched import shard_sweep as shard_sweep
 from ._batched import sweep as sweep
 from ._closed_form import linear_probe as linear_probe
 from ._cov import SubspaceCov as SubspaceCov
@@ -42,8 +44,7 @@ from ._problem import orthonormalize_rows as orthonormalize_rows
 from ._problem import problem_from_arrays as problem_from_arrays
 from ._reduce import Reduced as Reduced
 from ._reduce import reduce as reduce
-from ._sharding import batch_mesh as batch_mesh
-from ._sharding import shard_sweep as shard_sweep
 from ._validate import TheoryConditionWarning as TheoryConditionWarning
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+from . import theory as theory

@@ -1,6 +1,6 @@
 """The `linfeat` command: version, environment, and the project's jobs.
 
-Subcommands: `info`; `check` (paper_checks.md, THEORY.md R1-R13); `reproduce` (figures);
+Subcommands: `info`; `check` (paper_checks.md, docs/theory.md R1-R13); `reproduce` (figures);
 `bench` (benchmarks). Entry points switch on float64; the library itself never does.
 """
 
@@ -59,7 +59,10 @@ def _info(args) -> int:
 
 # name -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 _JOBS = {
-    "check": ("linfeat._checks", "run the checks of THEORY.md R1-R13 and write paper_checks.md"),
+    "check": (
+        "linfeat._checks",
+        "run the checks of docs/theory.md R1-R13 and write paper_checks.md",
+    ),
     "reproduce": ("linfeat._reproduce", "run the experiments and draw the figures"),
     "bench": ("linfeat._bench", "run the benchmark suite (see benchmarks/)"),
 }

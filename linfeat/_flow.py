@@ -1,19 +1,19 @@
-r"""Gradient flows: fine-tuning (FT), linear probing (LP) and LP-FT (THEORY.md section 2).
+r"""Gradient flows: fine-tuning (FT), linear probing (LP) and LP-FT (docs/theory.md, section 2).
 
 The paper's time convention: $\hat L(v, B) = \|X B^T v - Y\|^2$ and
 $\dot v = -\nabla_v \hat L = -2 B X^T r$, $\dot B = -\nabla_B \hat L = -2 v (X^T r)^T$,
 $r = X B^T v - Y$.
 
-The default `mode="reduced"` integrates the exact reduction of THEORY.md section 2: with Q the
-right singular vectors of X, $B(t) = B_0 + C(t) Q^T$ and in coordinates $A = B Q$
-$$\dot v = -2 A\,\rho,\quad \dot A = -2 v \rho^T,\quad \rho = \mathrm{diag}(s^2) A^T v - g,$$
-$g = Q^T X^T Y$: $O(k \min(n, d))$ work per step, independent of d. `mode="full"` integrates
-$(v, B)$ in $R^d$ and is kept as a reference.
+`fine_tune` integrates the exact reduction (`linfeat._reduce`) with the one solver core
+(`linfeat._engine.solve`: Rodas5P in diffrax), written for one problem. `jax.vmap` of it *is*
+the batch path (`fine_tune_batch` only adds chunking, progress and sharding), and it is
+differentiable with respect to the head and every array of the problem. `mode="full"`
+integrates $(v, B)$ in $R^d$ with diffrax's explicit Tsit5: an independent reference for
+the tests and checks, not a second engine.
 """
 
 from __future__ import annotations
 
-import enum
 import functools
 import warnings
 from typing import NamedTuple
@@ -25,118 +25,151 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from . import _validate as V
-from ._metrics import Metrics, metrics
+from ._engine import (
+    SolverError,
+    Status,
+    default_grad_tol,
+    default_times,
+    default_tolerances,
+    solve,
+)
+from ._flows import FineTune
+from ._metrics import Metrics, metrics, reduced_metrics
 from ._problem import Problem
-from ._reduce import reduce
+from ._reduce import Reduced, reduce
 
-
-class Status(enum.IntEnum):
-    """Per-trajectory outcome of a flow solve."""
-
-    CONVERGED = 0  # gradient norm fell below `grad_tol`
-    MAX_TIME = 1  # reached `t_max` before the gradient test passed
-    STEP_LIMIT = 2  # `max_steps` solver steps were not enough
-    NONFINITE = 3  # NaN or inf in the state
-    SOLVER_ERROR = 4  # any other diffrax failure (e.g. step size underflow)
-
-
-class SolverError(RuntimeError):
-    """A flow solve failed (raised for unbatched calls; batched calls report `status`)."""
+__all__ = ["SolverError", "Status", "Trajectory", "fine_tune", "linear_probe_flow", "lp_ft"]
 
 
 class Trajectory(NamedTuple):
-    """A gradient-flow trajectory saved at times `ts`, with metrics and a solver status.
+    r"""A gradient-flow trajectory saved at times `ts`, with metrics and a solver status.
 
-    `B_coords` are the features in the orthonormal basis `basis` (d, p): `B = B_coords @
-    basis.T`. For `mode="full"`, `basis` is None and `B_coords` is B itself. For large d keep
-    to `B_coords`; `B` materialises (T, k, d). After convergence (time `t_final`) the state
-    is held at its limit, so saves at later times repeat the final state.
+    The features are kept in the exact coordinates of the reduction: `A` = B Q (k x r, Q =
+    `basis` the right singular vectors of X), since FT changes B only inside S (R1):
+    $B(t) = B_0 + (A(t) - B_0Q)Q^T$ (`B`, `B_final`). Batched trajectories carry a leading
+    batch axis on every field. `metrics` are evaluated at the save times, `final_metrics` at
+    the stop time (the converged state). With `outputs="metrics"` (sweeps) `A`, `basis` and `B0` are
+    None and `B`, `B_final` raise. Saves after the stop time (`t_final`) repeat the final
+    state.
     """
 
     ts: Float[Array, " T"]
     v: Float[Array, "T k"]
-    B_coords: Float[Array, "T k p"]
-    basis: Float[Array, "d p"] | None
-    metrics: Metrics
+    A: Float[Array, "T k r"] | None
+    metrics: Metrics | None
+    final_metrics: Metrics | None
     v0: Float[Array, " k"]
     v_final: Float[Array, " k"]
-    B_coords_final: Float[Array, "k p"]
+    A_final: Float[Array, "k r"]
     t_final: Float[Array, ""]
     num_steps: Int[Array, ""]
     status: Int[Array, ""]
+    basis: Float[Array, "d r"] | None
+    B0: Float[Array, "k d"] | None
+
+    def _embed(self, A):
+        if self.basis is None or self.B0 is None or A is None:
+            raise ValueError(
+                "this trajectory keeps only the S-coordinates `A = B Q` (outputs='metrics'): "
+                "pass outputs='full' to get B in R^d."
+            )
+        Q, B0 = self.basis, self.B0
+        A0 = jnp.einsum("...kd,...dr->...kr", B0, Q)
+        if A.ndim > A0.ndim:  # a time axis
+            A0, B0 = A0[..., None, :, :], B0[..., None, :, :]
+            Q = Q[..., None, :, :]
+        return B0 + jnp.einsum("...kr,...dr->...kd", A - A0, Q)
 
     @property
     def B(self) -> Float[Array, "T k d"]:
-        if self.basis is None:
-            return self.B_coords
-        return jnp.einsum("...tkp,...dp->...tkd", self.B_coords, self.basis)
+        """B(t) in $R^d$ at every save time (materialises T x k x d)."""
+        return self._embed(self.A)
 
     @property
     def B_final(self) -> Float[Array, "k d"]:
-        if self.basis is None:
-            return self.B_coords_final
-        return jnp.einsum("...kp,...dp->...kd", self.B_coords_final, self.basis)
+        """B at the stop time in $R^d$."""
+        return self._embed(self.A_final)
 
     @property
     def converged(self):
         return self.status == Status.CONVERGED
 
 
-def default_tolerances(dtype) -> tuple[float, float, float]:
-    r"""(rtol, atol, grad_scale) for a dtype; see `default_grad_tol` for grad_scale.
-
-    The gradient test must sit above the floor the solver's own error leaves in the gradient,
-    which grows like $\lambda_{max}(X^TX)$ times the cube of the state's size times rtol (the
-    fast modes keep re-injecting local error): at rtol = 1e-10 that floor was ~5e-8 on d=200,
-    k=10, m=20 problems and the test never passed, while rtol = 1e-12 converged in fewer steps.
-    """
-    if jnp.finfo(dtype).bits >= 64:
-        return 1e-12, 1e-14, 1e-10
-    return 1e-6, 1e-8, 1e-4
+class _Settings(NamedTuple):
+    ts: Float[Array, " T"] | None
+    t_max: Float[Array, ""] | None
+    rtol: Float[Array, ""]
+    atol: Float[Array, ""]
+    grad_tol: Float[Array, ""] | None
+    grad_scale: Float[Array, ""]
 
 
-def default_grad_tol(lam_max, Y, v0, grad_scale) -> Float[Array, ""]:
-    r"""Scale-aware gradient threshold $c\,\lambda_{max}(X^TX)(1 + \|Y\|)(1 + \|v_0\|)$.
+def _settings(red: Reduced, Y, v0, s: _Settings, num_save: int):
+    """Save times, stop time and gradient threshold of one problem (defaults filled in)."""
+    lam = jnp.max(red.sigma2)
+    dtype = red.sigma2.dtype
+    ts = default_times(lam, num_save, dtype) if s.ts is None else s.ts
+    t_max = 1e6 / lam if s.t_max is None else s.t_max
+    grad_tol = default_grad_tol(lam, Y, v0, s.grad_scale) if s.grad_tol is None else s.grad_tol
+    return ts, t_max, grad_tol
 
-    A fixed absolute threshold (1e-9) sat below the solver's gradient floor for heads or
-    targets of norm ~3: 18 of 144 solves at d=24, k=3, m=8, sigma=3 hit the step limit. This
-    scaling converged on all 1080 instances of `linfeat check` (c = 1e-10 in float64).
-    """
-    return grad_scale * lam_max * (1 + jnp.linalg.norm(Y)) * (1 + jnp.linalg.norm(v0))
 
+def solve_reduced(
+    problem: Problem,
+    v0,
+    settings: _Settings,
+    *,
+    num_save: int,
+    train_features: bool,
+    lp_init: bool,
+    max_steps: int,
+    outputs: str,
+    with_metrics: bool,
+    adjoint,
+    progress: bool = False,
+) -> Trajectory:
+    """FT / LP / LP-FT for one problem through the engine (vmap this for batches)."""
+    red = reduce(problem)
+    if lp_init:
+        from ._closed_form import linear_probe
 
-def default_times(sigma2_max, num_save: int, dtype) -> Float[Array, " T"]:
-    r"""0, then log-spaced times over $[10^{-2}, 10^{6}] / \lambda_{max}(X^TX)$."""
-    tau = 1.0 / sigma2_max
-    return jnp.concatenate(
-        [jnp.zeros((1,), dtype), tau * jnp.logspace(-2, 6, num_save - 1, dtype=dtype)]
+        v0 = linear_probe(problem, v0)
+    ts, t_max, grad_tol = _settings(red, problem.Y, v0, settings, num_save)
+    sol = solve(
+        FineTune(train_features=train_features),
+        (v0, red.A0),
+        red.flow_data,
+        ts=ts,
+        t1=t_max,
+        rtol=settings.rtol,
+        atol=settings.atol,
+        grad_tol=grad_tol,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        progress=progress,
     )
-
-
-def _status(sol, y_final) -> Int[Array, ""]:
-    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y_final)]))
-    res = sol.result
-    code = jnp.where(
-        res == diffrax.RESULTS.event_occurred,
-        Status.CONVERGED,
-        jnp.where(
-            res == diffrax.RESULTS.successful,
-            Status.MAX_TIME,
-            jnp.where(
-                res == diffrax.RESULTS.max_steps_reached, Status.STEP_LIMIT, Status.SOLVER_ERROR
-            ),
-        ),
+    v_t, A_t = sol.ys
+    mets = final = None
+    if with_metrics:
+        at = functools.partial(reduced_metrics, red, v0=v0, train_features=train_features)
+        mets = jax.vmap(at)(v_t, A_t)
+        final = at(*sol.y_final)
+    full = outputs == "full"
+    return Trajectory(
+        ts=ts,
+        v=v_t,
+        A=A_t if full else None,
+        metrics=mets,
+        final_metrics=final,
+        v0=v0,
+        v_final=sol.y_final[0],
+        A_final=sol.y_final[1],
+        t_final=sol.t_final,
+        num_steps=sol.num_steps,
+        status=sol.status,
+        basis=red.basis if full else None,
+        B0=problem.B0 if full else None,
     )
-    return jnp.where(finite, code, Status.NONFINITE).astype(jnp.int32)
-
-
-def _reduced_field(t, y, args):
-    v, A = y
-    sigma2, g, train_features = args
-    rho = sigma2 * (A.T @ v) - g
-    dv = -2.0 * (A @ rho)
-    dA = -2.0 * jnp.outer(v, rho) * train_features
-    return dv, dA
 
 
 def _full_field(t, y, args):
@@ -146,121 +179,95 @@ def _full_field(t, y, args):
     return -2.0 * (B @ Xr), -2.0 * jnp.outer(v, Xr) * train_features
 
 
-def _norm(tree):
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
-
-
-@functools.partial(
-    jax.jit, static_argnames=("num_save", "mode", "solver", "max_steps", "train_features")
-)
-def _solve(
-    problem,
-    v0,
-    ts,
-    t_max,
-    rtol,
-    atol,
-    grad_tol,
-    grad_scale,
-    *,
-    num_save,
-    mode,
-    solver,
-    max_steps,
-    train_features,
-):
-    dtype = problem.X.dtype
+def _solve_full(problem, v0, settings, *, num_save, train_features, max_steps) -> Trajectory:
+    """The reference: (v, B) in R^d with diffrax Tsit5 (explicit; small d only)."""
     red = reduce(problem)
-    if ts is None:
-        ts = default_times(jnp.max(red.sigma2), num_save, dtype)
-    if t_max is None:
-        t_max = 1e6 / jnp.max(red.sigma2)
-    t1 = jnp.maximum(ts[-1], t_max)
-    if grad_scale is not None:  # default: scale-aware threshold
-        grad_tol = default_grad_tol(jnp.max(red.sigma2), problem.Y, v0, grad_scale)
-    tf = jnp.asarray(1.0 if train_features else 0.0, dtype)
-    if mode == "reduced":
-        r = red.r
-        field = _reduced_field
-        args = (red.sigma2, red.g, tf)
-        y0 = (v0, red.B0[:, :r])
-    elif mode == "full":
-        field = _full_field
-        args = (problem.X, problem.Y, tf)
-        y0 = (v0, problem.B0)
-    else:
-        raise ValueError(f"`mode` must be 'reduced' or 'full', got {mode!r}.")
+    ts, t_max, grad_tol = _settings(red, problem.Y, v0, settings, num_save)
+    dtype = problem.X.dtype
+    args = (problem.X, problem.Y, jnp.asarray(1.0 if train_features else 0.0, dtype))
 
     def converged(t, y, args, **kwargs):
-        return _norm(field(t, y, args)) < grad_tol
+        return jnp.sqrt(sum(jnp.sum(x**2) for x in _full_field(t, y, args))) < grad_tol
 
+    # Tsit5 needs tight tolerances to match Rodas5P's accuracy; explicit steps are cheap here.
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        solver,
+        diffrax.ODETerm(_full_field),
+        diffrax.Tsit5(),
         t0=jnp.zeros((), dtype),
-        t1=t1,
+        t1=jnp.maximum(ts[-1], t_max),
         dt0=None,
-        y0=y0,
+        y0=(v0, problem.B0),
         args=args,
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=diffrax.PIDController(rtol=settings.rtol, atol=settings.atol),
         event=diffrax.Event(converged),
         max_steps=max_steps,
         throw=False,
     )
+    from ._engine import _status
+
     ys, y_last = sol.ys
     y_final = jax.tree.map(lambda x: x[0], y_last)
     t_final = sol.ts[1][0]
-    # Saves at or after the stop time are inf-filled by diffrax (even ts = 0 when the start is
-    # already stationary): the state is at its limit there, which is y_final.
     after = ts >= t_final
     ys = jax.tree.map(
         lambda x, xf: jnp.where(after.reshape((-1,) + (1,) * xf.ndim), xf, x), ys, y_final
     )
-    v_t, M_t = ys
-    if mode == "reduced":
-
-        def embed(A):  # B in coordinates: the S block moves, the rest stays at B0 (R1)
-            rest = jnp.broadcast_to(red.B0[:, r:], A.shape[:-1] + (red.B0.shape[1] - r,))
-            return jnp.concatenate([A, rest], axis=-1)
-
-        B_t, B_final, basis, space = embed(M_t), embed(y_final[1]), red.basis, red
-        B_start = red.B0
-    else:
-        B_t, B_final, basis, space = M_t, y_final[1], None, problem
-        B_start = problem.B0
-    mets = jax.vmap(lambda v, B: metrics(space, v, B, v0, B_start, train_features=train_features))(
-        v_t, B_t
-    )
+    v_t, B_t = ys
+    at = functools.partial(metrics, problem, v0=v0, B0=problem.B0, train_features=train_features)
+    mets = jax.vmap(at)(v_t, B_t)
+    Q = red.basis
     return Trajectory(
         ts=ts,
         v=v_t,
-        B_coords=B_t,
-        basis=basis,
+        A=B_t @ Q,
         metrics=mets,
+        final_metrics=at(*y_final),
         v0=v0,
         v_final=y_final[0],
-        B_coords_final=B_final,
+        A_final=y_final[1] @ Q,
         t_final=t_final,
         num_steps=sol.stats["num_steps"],
-        status=_status(sol, y_final),
+        status=_status(sol.result, y_final),
+        basis=Q,
+        B0=problem.B0,
     )
 
 
-def _check_call(problem: Problem, v0, ts) -> None:
-    if not V.is_concrete(problem, v0, ts):
-        return
-    k = problem.B0.shape[-2]
-    batch = problem.B0.shape[:-2]
-    V.as_array("v0", v0, shape=batch + (k,))
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "num_save", "mode", "train_features", "lp_init", "max_steps", "outputs",
+        "with_metrics", "adjoint", "progress",
+    ),
+)  # fmt: skip
+def _solve_jit(problem, v0, settings, **kw):
+    if kw.pop("mode") == "full":
+        for name in ("lp_init", "outputs", "with_metrics", "adjoint", "progress"):
+            kw.pop(name)
+        return _solve_full(problem, v0, settings, **kw)
+    return solve_reduced(problem, v0, settings, **kw)
+
+
+def make_settings(dtype, *, ts, t_max, rtol, atol, grad_tol) -> _Settings:
+    """Validated solver settings as arrays of `dtype` (defaults from `default_tolerances`)."""
+    d_rtol, d_atol, d_gscale = default_tolerances(dtype)
+    for name, x in (("rtol", rtol), ("atol", atol), ("grad_tol", grad_tol)):
+        if x is not None:
+            V.check_tolerance(name, x, scalar=True)
+    if t_max is not None:
+        V.check_positive("t_max", t_max, scalar=True, fix="t_max is the stop time, > 0.")
     if ts is not None:
-        t = V.as_array("ts", ts, ndim=1)
-        if t.size == 0:
-            raise ValueError("`ts` must hold at least one save time.")
-        if np.any(t < 0):
-            raise ValueError(f"`ts` must be >= 0 (flows start at t = 0), got min {t.min():g}.")
-        if np.any(np.diff(t) <= 0):
-            raise ValueError("`ts` must be strictly increasing; pass np.sort(np.unique(ts)).")
+        V.check_times("ts", ts)
+    arr = lambda x: None if x is None else jnp.asarray(x, dtype)  # noqa: E731
+    return _Settings(
+        ts=arr(ts),
+        t_max=arr(t_max),
+        rtol=jnp.asarray(d_rtol if rtol is None else rtol, dtype),
+        atol=jnp.asarray(d_atol if atol is None else atol, dtype),
+        grad_tol=arr(grad_tol),
+        grad_scale=jnp.asarray(d_gscale, dtype),
+    )
 
 
 def _raise_on_failure(traj: Trajectory, what: str) -> None:
@@ -286,49 +293,41 @@ def _raise_on_failure(traj: Trajectory, what: str) -> None:
         )
 
 
-def _flow(
-    problem,
-    v0,
-    *,
-    ts,
-    t_max,
-    num_save,
-    rtol,
-    atol,
-    grad_tol,
-    max_steps,
-    solver,
-    mode,
-    train_features,
-    check,
-    what,
-):
-    _check_call(problem, v0, ts)
+def check_call(problem: Problem, v0, *, num_save: int, max_steps: int) -> None:
+    """Validates what is concrete before any solver step runs."""
+    V.check_int("num_save", num_save, min=1)
+    V.check_int("max_steps", max_steps, min=1)
+    if not V.is_concrete(problem, v0):
+        return
+    k = problem.B0.shape[-1 - 1]
+    batch = problem.B0.shape[:-2]
+    V.check_real_float("v0", v0)
+    V.as_array("v0", v0, shape=batch + (k,))
+
+
+def _flow(problem, v0, *, ts, t_max, num_save, rtol, atol, grad_tol, max_steps, mode,
+          train_features, lp_init, adjoint, progress, check, what):  # fmt: skip
+    if mode not in ("reduced", "full"):
+        raise ValueError(f"`mode` must be 'reduced' or 'full', got {mode!r}.")
+    check_call(problem, v0, num_save=num_save, max_steps=max_steps)
     dtype = problem.X.dtype
-    d_rtol, d_atol, d_gscale = default_tolerances(dtype)
     v0 = jnp.asarray(v0, dtype)
-    if V.is_concrete(v0) and train_features and np.ndim(v0) == 1 and not np.any(np.asarray(v0)):
+    if (
+        V.is_concrete(v0) and train_features and not lp_init and np.ndim(v0) == 1
+        and not np.any(np.asarray(v0))
+    ):  # fmt: skip
         warnings.warn(
             "v0 = 0: B receives no gradient at t = 0 (dB/dt = -2 v (X^T r)^T = 0), so FT "
             "starts by moving the head alone; the theorems assume a non-zero or random head.",
             V.TheoryConditionWarning,
             stacklevel=3,
         )
-    traj = _solve(
-        problem,
-        v0,
-        None if ts is None else jnp.asarray(ts, dtype),
-        None if t_max is None else jnp.asarray(t_max, dtype),
-        jnp.asarray(d_rtol if rtol is None else rtol, dtype),
-        jnp.asarray(d_atol if atol is None else atol, dtype),
-        None if grad_tol is None else jnp.asarray(grad_tol, dtype),
-        jnp.asarray(d_gscale, dtype) if grad_tol is None else None,
-        num_save=num_save,
-        mode=mode,
-        solver=solver if solver is not None else diffrax.Tsit5(),
-        max_steps=max_steps,
-        train_features=train_features,
-    )
+    settings = make_settings(dtype, ts=ts, t_max=t_max, rtol=rtol, atol=atol, grad_tol=grad_tol)
+    traj = _solve_jit(
+        problem, v0, settings, num_save=num_save if ts is None else int(np.shape(ts)[-1]),
+        mode=mode, train_features=train_features, lp_init=lp_init, max_steps=max_steps,
+        outputs="full", with_metrics=True, adjoint=adjoint, progress=progress,
+    )  # fmt: skip
     if check:
         _raise_on_failure(traj, what)
     return traj
@@ -345,16 +344,19 @@ def fine_tune(
     atol: float | None = None,
     grad_tol: float | None = None,
     max_steps: int = 100_000,
-    solver: diffrax.AbstractSolver | None = None,
     mode: str = "reduced",
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    progress: bool = False,
     check: bool = True,
 ) -> Trajectory:
     r"""Fine-tuning: gradient flow on the head v and the features B from $(v_0, B_0)$.
 
-    Integrates $\dot v = -2 B X^T r$, $\dot B = -2 v (X^T r)^T$ (the paper's time) with an
-    adaptive diffrax solver until $\|\nabla \hat L\| <$ `grad_tol` or `t_max`, saving at `ts`.
-    Write the maths for one problem; `jax.vmap` over problems and heads for sweeps (the status
-    is then reported per trajectory instead of raised).
+    Integrates $\dot v = -2 B X^T r$, $\dot B = -2 v (X^T r)^T$ (the paper's time) on the
+    exact reduced state with Rodas5P (L-stable, so ill-conditioned X costs no extra steps)
+    until $\|\nabla \hat L\| <$ `grad_tol` or `t_max`, saving at `ts` from the dense output.
+    Written for one problem: `jax.vmap` over problems and heads gives the batch path (the
+    status is then reported per trajectory instead of raised), and `jax.grad` / `jax.jvp`
+    differentiate any scalar of the trajectory with respect to `v0` and the problem.
 
     Args:
         problem: the `Problem`.
@@ -363,37 +365,28 @@ def fine_tune(
             $[10^{-2}, 10^{6}]/\lambda_{max}(X^TX)$.
         t_max: stop time if the gradient test never passes; default $10^6/\lambda_{max}$.
         num_save: number of default save times (static).
-        rtol, atol: solver tolerances; default 1e-12, 1e-14 in float64 (1e-6, 1e-8 in float32).
-        grad_tol: absolute threshold on the gradient norm (paper units); default the
-            scale-aware `default_grad_tol`: $10^{-10}\lambda_{max}(X^TX)(1+\|Y\|)(1+\|v_0\|)$
-            ($10^{-4}$ instead of $10^{-10}$ in float32). Keep it above the solver's floor.
+        rtol, atol: tolerances; default 1e-9, 1e-11 in float64 (1e-5, 1e-7 in float32).
+        grad_tol: threshold on the gradient norm (paper units); default the scale-aware
+            $10^{-10}\lambda_{max}(X^TX)(1+\|Y\|)(1+\|v_0\|)$ ($10^{-4}$ in float32).
         max_steps: solver step limit (static).
-        solver: a diffrax solver (static); default `diffrax.Tsit5()`.
-        mode: "reduced" (exact reduction, cost independent of d) or "full" (reference).
+        mode: "reduced" (default: the engine) or "full" (reference: diffrax Tsit5 on
+            $(v, B)$ in $R^d$, for small d; its metrics are measured in $R^d$).
+        adjoint: a diffrax adjoint (static): default reverse mode
+            (`diffrax.RecursiveCheckpointAdjoint`); `diffrax.ForwardMode()` for `jax.jvp`.
+        progress: show a tqdm progress meter (unbatched calls).
         check: raise `SolverError` if an unbatched solve fails.
 
     Returns:
         A `Trajectory`.
 
     References:
-        Kumar et al. (2022), section 4; THEORY.md section 2 and R1, R2.
+        Kumar et al. (2022), section 4; docs/theory.md, section 2 and R1, R2.
     """
     return _flow(
-        problem,
-        v0,
-        ts=ts,
-        t_max=t_max,
-        num_save=num_save,
-        rtol=rtol,
-        atol=atol,
-        grad_tol=grad_tol,
-        max_steps=max_steps,
-        solver=solver,
-        mode=mode,
-        train_features=True,
-        check=check,
-        what="fine_tune",
-    )
+        problem, v0, ts=ts, t_max=t_max, num_save=num_save, rtol=rtol, atol=atol,
+        grad_tol=grad_tol, max_steps=max_steps, mode=mode, train_features=True, lp_init=False,
+        adjoint=adjoint, progress=progress, check=check, what="fine_tune",
+    )  # fmt: skip
 
 
 def linear_probe_flow(problem: Problem, v0, **kwargs) -> Trajectory:
@@ -401,7 +394,8 @@ def linear_probe_flow(problem: Problem, v0, **kwargs) -> Trajectory:
 
     Same arguments as `fine_tune`; converges to `linear_probe(problem, v0)`.
     """
-    return _flow(problem, v0, **_defaults(kwargs), train_features=False, what="linear_probe_flow")
+    return _flow(problem, v0, **_defaults(kwargs), train_features=False, lp_init=False,
+                 what="linear_probe_flow")  # fmt: skip
 
 
 def lp_ft(problem: Problem, *, v0=None, **kwargs) -> Trajectory:
@@ -412,26 +406,17 @@ def lp_ft(problem: Problem, *, v0=None, **kwargs) -> Trajectory:
         v0: head the linear probe starts from (matters only when LP is not unique); default 0.
         **kwargs: as for `fine_tune`.
     """
-    from ._closed_form import linear_probe
-
-    return _flow(
-        problem, linear_probe(problem, v0), **_defaults(kwargs), train_features=True, what="lp_ft"
-    )
+    if v0 is None:
+        v0 = jnp.zeros(problem.B0.shape[:-1], problem.X.dtype)
+    return _flow(problem, v0, **_defaults(kwargs), train_features=True, lp_init=True,
+                 what="lp_ft")  # fmt: skip
 
 
 def _defaults(kwargs):
     out = dict(
-        ts=None,
-        t_max=None,
-        num_save=64,
-        rtol=None,
-        atol=None,
-        grad_tol=None,
-        max_steps=100_000,
-        solver=None,
-        mode="reduced",
-        check=True,
-    )
+        ts=None, t_max=None, num_save=64, rtol=None, atol=None, grad_tol=None,
+        max_steps=100_000, mode="reduced", adjoint=None, progress=False, check=True,
+    )  # fmt: skip
     unknown = set(kwargs) - set(out)
     if unknown:
         raise TypeError(f"unexpected keyword argument(s): {sorted(unknown)}")

@@ -1,9 +1,10 @@
-r"""Errors, feature distortion and the theory's constants (THEORY.md section 1).
+r"""Errors, feature distortion and the theory's constants (docs/theory.md, section 1).
 
-Every function takes a `Problem` (dense, in $R^d$) or a `Reduced` problem (coordinates of an
-orthonormal basis, see `linfeat._reduce`) with parameters in the same space: the formulas are
-the same, only the projector onto S differs. All are jit/vmap friendly; write for one
-instance and vmap for batches.
+Two families with the same formulas: the public functions take a `Problem` and parameters
+(v, B) in $R^d$; `reduced_metrics` takes the exact small coordinates of `linfeat._reduce`
+(v, A = BQ) and evaluates every quadratic form through the frame's Gram matrices, with cost
+independent of d. All are jit/vmap friendly and make no LAPACK call (small symmetric
+eigenproblems go through `linfeat._eigh`); write for one instance and vmap for batches.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from . import _validate as V
 from ._cov import quad_form
+from ._eigh import eigvalsh, polar
 from ._linalg import row_space_basis, singular_values
 from ._problem import Problem
-from ._reduce import Reduced
+from ._reduce import Reduced, error_coefficients, feature_rows
+from ._theory import head_alignment_error as _theory_phi
 
 
 def _S_basis(X: Float[Array, "n d"]) -> Float[Array, "d r"]:
@@ -24,21 +28,32 @@ def _S_basis(X: Float[Array, "n d"]) -> Float[Array, "d r"]:
     return row_space_basis(X)[0]
 
 
-def project_S(problem: Problem | Reduced, M: Float[Array, "... d"]) -> Float[Array, "... d"]:
+def project_S(problem: Problem, M: Float[Array, "... d"]) -> Float[Array, "... d"]:
     r"""$M \Pi_S$: projects the last axis of M onto S = rowspace(X)."""
-    if isinstance(problem, Reduced):
-        return M * problem.mask_S
     Q = _S_basis(problem.X)
     return (M @ Q) @ Q.T
 
 
+def _check_point(problem, v, B) -> None:
+    """Validates a concrete parameter point (v, B) against the problem (skipped under jit)."""
+    if not V.is_concrete(v, B) or not hasattr(problem, "B0"):
+        return
+    k, d = problem.B0.shape[-2:]
+    V.check_real_float("v", v, allow_int=True)
+    V.check_real_float("B", B, allow_int=True)
+    V.as_array("v", v, shape=(k,))
+    V.as_array("B", B, shape=(k, d))
+
+
 def prediction_error(problem, v: Float[Array, " k"], B: Float[Array, "k d"]) -> Float[Array, " d"]:
     r"""$e = B^T v - w^*$, the error of the effective linear predictor."""
+    _check_point(problem, v, B)
     return B.T @ v - problem.w_star
 
 
 def train_loss(problem, v, B) -> Float[Array, ""]:
     r"""$\hat L(v, B) = \|X B^T v - Y\|^2$ (the paper's unnormalised loss)."""
+    _check_point(problem, v, B)
     r = problem.X @ (B.T @ v) - problem.Y
     return jnp.sum(r**2)
 
@@ -66,11 +81,10 @@ def feature_alignment(
     r"""Procrustes alignment: $(\|B - U B^*\|_2, U)$ with $U = P Q^T$, $B B^{*T} = P\Lambda Q^T$.
 
     For orthonormal rows this is the feature error $d(B, B^*) = \min_U \|B - U B^*\|_2
-    = 2\sin(\theta_{max}/2)$ [derived, THEORY.md section 1]; for other B it is an upper bound on
-    the minimum, which is all the bounds need.
+    = 2\sin(\theta_{max}/2)$ [derived, docs/theory.md, section 1]; for other B it is an
+    upper bound on the minimum, which is all the bounds need.
     """
-    P, _, Qt = jnp.linalg.svd(B @ B_star.T)
-    U = P @ Qt
+    U = polar(B @ B_star.T)
     return singular_values(B - U @ B_star)[0], U
 
 
@@ -105,7 +119,10 @@ def gradient_norm(problem, v, B, *, train_features: bool = True) -> Float[Array,
 
 
 def principal_constants(problem) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    r"""$(c_S, c_\perp) = (\sigma_k(\Pi_S B_0^T), \sigma_k(\Pi_{S^\perp} B_0^T))$ (THEORY.md §1)."""
+    r"""$(c_S, c_\perp) = (\sigma_k(\Pi_S B_0^T), \sigma_k(\Pi_{S^\perp} B_0^T))$.
+
+    docs/theory.md, section 1.5.
+    """
     BS = project_S(problem, problem.B0)
     sS = singular_values(BS)
     sP = singular_values(problem.B0 - BS)
@@ -120,9 +137,11 @@ def aligned_head(problem) -> Float[Array, " k"]:
 
 
 def head_alignment_error(problem, v0: Float[Array, " k"]) -> Float[Array, ""]:
-    r"""$\varphi = |(v_0^T a^*)^2 - \|a^*\|^4|^{1/2}$ [paper, R5]; blind to the sign of $v_0$."""
-    a = aligned_head(problem)
-    return jnp.sqrt(jnp.abs((v0 @ a) ** 2 - jnp.sum(a**2) ** 2))
+    r"""$\varphi = |(v_0^T a^*)^2 - \|a^*\|^4|^{1/2}$ [paper, R5]; blind to the sign of $v_0$.
+
+    Evaluated in the factorised form of `linfeat.theory.head_alignment_error`.
+    """
+    return _theory_phi(v0, aligned_head(problem))
 
 
 def pretrained_feature_error(problem) -> Float[Array, ""]:
@@ -173,4 +192,59 @@ def metrics(problem, v, B, v0, B0, *, train_features: bool = True) -> Metrics:
         feature_change_perp=fP,
         balancedness_drift=balancedness_drift(v, B, v0, B0),
         grad_norm=gradient_norm(problem, v, B, train_features=train_features),
+    )
+
+
+def _norm(x) -> Float[Array, ""]:
+    """Frobenius norm with a finite derivative at 0 (where `jnp.linalg.norm`'s is NaN)."""
+    sq = jnp.sum(x**2)
+    safe = jnp.where(sq > 0, sq, 1.0)
+    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
+
+
+def reduced_feature_distance(red: Reduced, A) -> Float[Array, ""]:
+    r"""$\|B - UB^*\|_2$ with the Procrustes U, from the frame: $B - UB^* = (H - UH^*)G^T$."""
+    k = red.k
+    H = feature_rows(red, A)
+    H_star = jnp.zeros_like(H).at[:, red.r : red.r + k].set(jnp.eye(k, dtype=A.dtype))
+    H_star = H_star.at[:, red.r + k + 1 :].set(jnp.eye(k, dtype=A.dtype))
+    U = polar(H @ red.gram @ H_star.T)
+    Delta = H - U @ H_star
+    top = eigvalsh(Delta @ red.gram @ Delta.T)[-1]
+    return jnp.sqrt(jnp.maximum(top, 0.0))
+
+
+def reduced_metrics(
+    red: Reduced, v, A, v0, *, train_features: bool = True, with_distance: bool = True
+) -> Metrics:
+    r"""All `Metrics` at the point (v, A = BQ) of a flow started at $(v_0, B_0)$ (reduced).
+
+    Same quantities as `metrics` in $R^d$: quadratic forms in the frame (docs/theory.md,
+    section 2). `feature_change_perp` is 0 by construction here (R1 is the reduction's
+    premise; the full-space reference measures it).
+    """
+    c = error_coefficients(red, v, A)
+    D = A - red.A0
+    rho = red.sigma2 * (A.T @ v) - red.g
+    grad2 = 4.0 * jnp.sum((A @ rho) ** 2)
+    if train_features:
+        grad2 = grad2 + 4.0 * jnp.sum(v**2) * jnp.sum(rho**2)
+    # B B^T - B0 B0^T = D D^T + D A0^T + A0 D^T exactly (B - B0 = D Q^T has rows in S)
+    drift = jnp.outer(v, v) - jnp.outer(v0, v0) - (D @ D.T + D @ red.A0.T + red.A0 @ D.T)
+    if with_distance and red.v_star is not None:
+        dist = reduced_feature_distance(red, A)
+    else:
+        dist = jnp.full((), jnp.nan, v.dtype)
+    # c^T M c of a PSD M can round to a tiny negative number where e ~ 0 (e.g. FT with an
+    # OOD shift inside S): clamp at the exact lower bound 0.
+    return Metrics(
+        train_loss=jnp.sum((red.XQ @ (A.T @ v) - red.Y) ** 2),
+        id_error=jnp.maximum(c @ red.id_gram @ c, 0.0),
+        id_subspace_error=jnp.sum((red.gram[: red.r] @ c) ** 2),
+        ood_error=jnp.maximum(c @ red.ood_gram @ c, 0.0),
+        feature_distance=dist,
+        feature_change_S=_norm(D),
+        feature_change_perp=jnp.zeros((), v.dtype),
+        balancedness_drift=_norm(drift),
+        grad_norm=jnp.sqrt(grad2),
     )

@@ -1,14 +1,24 @@
-r"""Exact compression of a problem to a small orthonormal basis (THEORY.md section 2).
+r"""The exact reduction of a problem to a state and a frame of size independent of d.
 
-Every quantity linfeat tracks lives in $\mathrm{span}(W)$, $W = [Q, R]$, where the columns of
-Q are the right singular vectors of X (so S = rowspace(X) is spanned by the first block and
-$X^T X$ is diagonal there) and R completes $B_0^T$, $w^*$ and $B^{*T}$. Columns of W are
-orthonormal or exactly zero (directions of numerical rank zero), so $W^T W$ is a 0/1 diagonal
-and norms of vectors in the span are preserved. FT only moves B inside
-S (R1), so $B(t) = B_0 + C(t) Q^T$ stays in the span, and the flow in coordinates
-$B_c = B W$ is the same flow as in $R^d$: with $X = X W W^T$,
-$\dot B_c = -2 v r^T X W$ and $\dot v = -2 B_c (X W)^T r$. The dimension is
-$p \le \min(n, d) + 2k + 1$, independent of d; the set-up is one SVD and one QR, $O(d p^2)$.
+docs/theory.md, section 2. FT moves B only inside S = rowspace(X) (R1), so with Q the right
+singular vectors of X (`row_space_basis`: $Q^TX^TXQ = \mathrm{diag}(s^2)$) the flow is a flow
+of $(v, A = BQ)$, and $B(t) = B_0 + (A(t) - A_0)Q^T$.
+
+Every metric is a quadratic form in vectors of the *frame* $G = [Q, B_0^T, r_w, D^T]$ with
+$r_w = w^* - B_0^T B_0 w^*$ (the part of $w^*$ that $B_0$ cannot express) and
+$D = B^* - B_0$ (when $B^*$ is known): the prediction error is
+$e = B^Tv - w^* = G\,c_e$ with $c_e = ((A - A_0)^Tv,\ v - B_0w^*,\ -1,\ 0)$, and
+$e^T\Sigma e = c_e^T (G^T\Sigma G) c_e$. Only Gram matrices of G enter, never an orthonormal
+basis of it, for two reasons:
+
+- **derivatives**: G is a smooth function of the problem's arrays, also where its columns
+  are dependent ($\varepsilon = 0$ makes $D = 0$ and $r_w = 0$); an orthonormal basis of
+  span(G) jumps in dimension there and has no derivative;
+- **accuracy**: the blocks of $c_e$ and of G are small exactly when e is small (for LP,
+  $v - B_0w^* = O(\varepsilon)$ and $\|r_w\|, \|D\| = O(\varepsilon)$), so the quadratic forms
+  keep their relative accuracy as $\varepsilon \to 0$, with no cancellation of O(1) terms.
+
+The set-up is $O(d\,p^2)$, $p = r + 2k + 1$, with no LAPACK call (`linfeat._linalg`).
 """
 
 from __future__ import annotations
@@ -18,68 +28,104 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._cov import compress_cov
-from ._linalg import complete_basis, row_space_basis
+from ._cov import SubspaceCov
+from ._flows import FlowData
+from ._linalg import row_space_basis
 from ._problem import Problem
 
 
 class Reduced(NamedTuple):
-    r"""A problem in the coordinates of an orthonormal basis W (d, p).
+    r"""A problem in the exact small coordinates (see the module docstring).
 
-    The first `r = n` coordinates are the right singular vectors of X; `mask_S` marks
-    those with non-zero singular value (S itself). Dense second moments are $W^T \Sigma W$.
-    `sigma2` and `g` are the diagonal $X_S^T X_S$ and $X_S^T Y$ of the reduced flow.
+    Attributes:
+        basis: Q (d, r), right singular vectors of X (zero columns where $s = 0$).
+        mask_S: (r,) 1 where the column of Q is in S, 0 for a zero singular value.
+        sigma2, g: the flow's data: $s^2$ and $Q^TX^TY$ (`linfeat._flows.FlowData`).
+        XQ: $XQ$ (n, r), for the training loss; Y: the labels.
+        A0: $B_0Q$ (k, r), the initial state of the features.
+        b: $B_0 w^*$ (k,), the best head for the pretrained features on the whole space.
+        gram, id_gram, ood_gram: $G^TG$, $G^T\Sigma_{id}G$, $G^T\Sigma_{ood}G$ (p, p).
+        v_star: $v^*$ or None (then G has no D block).
     """
 
-    basis: Float[Array, "d p"]
-    mask_S: Float[Array, " p"]
-    X: Float[Array, "n p"]
-    Y: Float[Array, " n"]
-    B0: Float[Array, "k p"]
-    w_star: Float[Array, " p"]
-    B_star: Float[Array, "k p"] | None
-    v_star: Float[Array, " k"] | None
-    id_cov: Float[Array, "p p"]
-    ood_cov: Float[Array, "p p"]
+    basis: Float[Array, "d r"]
+    mask_S: Float[Array, " r"]
     sigma2: Float[Array, " r"]
     g: Float[Array, " r"]
+    XQ: Float[Array, "n r"]
+    Y: Float[Array, " n"]
+    A0: Float[Array, "k r"]
+    b: Float[Array, " k"]
+    gram: Float[Array, "p p"]
+    id_gram: Float[Array, "p p"]
+    ood_gram: Float[Array, "p p"]
+    v_star: Float[Array, " k"] | None
 
     @property
     def r(self) -> int:
         return self.sigma2.shape[-1]
 
+    @property
+    def k(self) -> int:
+        return self.A0.shape[-2]
 
-def reduce(problem: Problem, extra: Float[Array, "d q"] | None = None) -> Reduced:
-    """Compresses `problem` to the exact small basis; `extra` columns are added to the span.
+    @property
+    def flow_data(self) -> FlowData:
+        return FlowData(self.sigma2, self.g)
 
-    Write the maths for one problem; vmap for batches.
-    """
-    X = problem.X
-    Q, _, mask_r = row_space_basis(X)
-    r = Q.shape[1]
-    cols = [problem.B0.T, problem.w_star[:, None]]
+
+def _frame_cov(cov, G, QtG) -> Float[Array, "p p"]:
+    r"""$G^T\Sigma G$; for $\Sigma = a\Pi_S + b\Pi_\perp + LL^T$ from $Q^TG$ and $L^TG$."""
+    if isinstance(cov, SubspaceCov):
+        GS = QtG.T @ QtG  # G^T Pi_S G
+        LG = cov.factor.T @ G
+        return cov.scale_S * GS + cov.scale_perp * (G.T @ G - GS) + LG.T @ LG
+    return G.T @ (cov @ G)
+
+
+def reduce(problem: Problem) -> Reduced:
+    """The exact small coordinates of `problem` (one instance; vmap for batches)."""
+    X, Y, B0, w = problem.X, problem.Y, problem.B0, problem.w_star
+    Q, _, mask = row_space_basis(X)
+    XQ = X @ Q
+    A0 = B0 @ Q
+    b = B0 @ w
+    r_w = w - B0.T @ b
+    cols = [Q, B0.T, r_w[:, None]]
     if problem.B_star is not None:
-        cols.append(problem.B_star.T)
-    if extra is not None:
-        cols.append(extra)
-    W = jnp.concatenate([Q, complete_basis(Q, jnp.concatenate(cols, axis=1))], axis=1)
-    p = W.shape[1]
-    mask_S = jnp.zeros((p,), X.dtype).at[:r].set(mask_r)
-    # X has rows in S: its coordinates outside the S block are rounding noise; drop them, and
-    # the directions of zero singular value, so the reduced flow is exactly frozen there.
-    Xc = (X @ W) * mask_S
-    XS = Xc[:, :r]
+        cols.append((problem.B_star - B0).T)
+    G = jnp.concatenate(cols, axis=1)
+    gram = G.T @ G
+    QtG = gram[: Q.shape[1]]
     return Reduced(
-        basis=W,
-        mask_S=mask_S,
-        X=Xc,
-        Y=problem.Y,
-        B0=problem.B0 @ W,
-        w_star=W.T @ problem.w_star,
-        B_star=None if problem.B_star is None else problem.B_star @ W,
-        v_star=problem.v_star,
-        id_cov=compress_cov(problem.id_cov, W, mask_S),
-        ood_cov=compress_cov(problem.ood_cov, W, mask_S),
-        sigma2=jnp.sum(XS**2, axis=0),
-        g=XS.T @ problem.Y,
+        basis=Q,
+        mask_S=mask,
+        sigma2=jnp.sum(XQ**2, axis=0),
+        g=XQ.T @ Y,
+        XQ=XQ,
+        Y=Y,
+        A0=A0,
+        b=b,
+        gram=gram,
+        id_gram=_frame_cov(problem.id_cov, G, QtG),
+        ood_gram=_frame_cov(problem.ood_cov, G, QtG),
+        v_star=problem.v_star if problem.B_star is not None else None,
+    )
+
+
+def error_coefficients(red: Reduced, v, A) -> Float[Array, " p"]:
+    r"""$c_e$ with $e = B^Tv - w^* = G c_e$ at the point (v, A = BQ)."""
+    k = red.k
+    extra = red.gram.shape[-1] - red.r - k - 1
+    return jnp.concatenate(
+        [(A - red.A0).T @ v, v - red.b, -jnp.ones((1,), v.dtype), jnp.zeros((extra,), v.dtype)]
+    )
+
+
+def feature_rows(red: Reduced, A) -> Float[Array, "k p"]:
+    r"""Rows of B in the frame: $B = H G^T$ with $H = [A - A_0, I, 0, 0]$."""
+    k = red.k
+    extra = red.gram.shape[-1] - red.r - k - 1
+    return jnp.concatenate(
+        [A - red.A0, jnp.eye(k, dtype=A.dtype), jnp.zeros((k, 1 + extra), A.dtype)], axis=1
     )

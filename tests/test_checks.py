@@ -57,7 +57,7 @@ def test_r5_printed_constant_is_audited(results):
     r = results["R5"]
     by_name = {s.name: s for s in r.subs}
     cx = next(s for n, s in by_name.items() if "counterexample" in n)
-    # THEORY.md: ||e(0)|| = 0.1 against 0.9 * 4.95 / 36 = 0.12375.
+    # docs/theory.md: ||e(0)|| = 0.1 against 0.9 * 4.95 / 36 = 0.12375.
     assert cx.worst == pytest.approx(0.1 / 0.12375, rel=1e-9)
     assert cx.violations == 1
     search = next(s for n, s in by_name.items() if "printed constant: worst-case" in n)

@@ -1,10 +1,10 @@
-"""FT / LP / LP-FT flows: invariants, references, transformations, failures (THEORY.md §2-4)."""
+"""FT / LP / LP-FT flows: invariants, references, transformations, failures (docs/theory.md)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import FLOW_AGREEMENT, INVARIANT, max_rel_err
+from helpers import FLOW_AGREEMENT, INVARIANT, TIGHT, max_rel_err
 from scipy.integrate import solve_ivp
 
 import linfeat as lf
@@ -40,7 +40,7 @@ def full_and_reduced(problems, heads):
     out = []
     for i in range(2):
         p, v0 = _one(problems, i), heads[i]
-        out.append((p, v0, lf.fine_tune(p, v0, mode="full"), lf.fine_tune(p, v0)))
+        out.append((p, v0, lf.fine_tune(p, v0, mode="full", **TIGHT), lf.fine_tune(p, v0, **TIGHT)))
     return out
 
 
@@ -95,7 +95,7 @@ def test_against_scipy_reference(problems, heads):
     for i in (0, 2):
         p, v0 = _one(problems, i), np.asarray(heads[i])
         ts = np.array([0.0, 0.01, 0.1, 0.5, 2.0])
-        tr = lf.fine_tune(p, v0, ts=ts)
+        tr = lf.fine_tune(p, v0, ts=ts, **TIGHT)
         v_ref, B_ref = _scipy_full_flow(p, v0, ts)
         # Both solvers run at rtol 1e-12; global errors ~1e3 x local (see helpers).
         assert max_rel_err(tr.v, v_ref) < FLOW_AGREEMENT
@@ -108,7 +108,7 @@ def test_linear_probe_closed_form_and_flow(problems):
         A = np.asarray(p.X @ p.B0.T)
         v_np = np.linalg.lstsq(A, np.asarray(p.Y), rcond=None)[0]
         np.testing.assert_allclose(lf.linear_probe(p), v_np, rtol=1e-10)
-        tr = lf.linear_probe_flow(p, jnp.zeros(K))
+        tr = lf.linear_probe_flow(p, jnp.zeros(K), **TIGHT)
         assert tr.status == lf.Status.CONVERGED
         # The flow stops once ||grad|| < grad_tol; LP's loss is quadratic with Hessian
         # 2 A^T A, so the stopped head is within grad_tol / (2 sigma_min(A)^2) of the limit.
@@ -120,7 +120,7 @@ def test_linear_probe_closed_form_and_flow(problems):
 
 
 def test_linear_probe_min_norm_when_not_unique():
-    """k > rank(X B0^T): the LP limit is v0 + A^+(Y - A v0) (THEORY §2)."""
+    """k > rank(X B0^T): the LP limit is v0 + A^+(Y - A v0) (docs/theory.md, section 2)."""
     rng = np.random.default_rng(3)
     d, k = 12, 3
     X = np.zeros((4, d))
@@ -153,16 +153,16 @@ def test_vmap_equals_loop_and_no_recompile(problems, heads):
         assert max_rel_err(batched.v[i], one.v) < 1e-10
         assert max_rel_err(batched.metrics.ood_error[i], one.metrics.ood_error) < 1e-10
     assert batched.status.shape == (4,)
-    before = _flow._solve._cache_size()
+    before = _flow._solve_jit._cache_size()
     lf.fine_tune(_one(problems, 3), heads[3] * 0.5)  # same shapes, new values
-    assert _flow._solve._cache_size() == before
+    assert _flow._solve_jit._cache_size() == before
 
 
 def test_float32_stays_float32():
     p = lf.make_problem(jax.random.key(5), d=20, k=2, m=4, feature_error=0.1, dtype=jnp.float32)
     v0 = jnp.array([1.0, -0.5], jnp.float32)
     tr = lf.fine_tune(p, v0)
-    assert tr.v.dtype == jnp.float32 and tr.B_coords.dtype == jnp.float32
+    assert tr.v.dtype == jnp.float32 and tr.A.dtype == jnp.float32
     assert tr.metrics.ood_error.dtype == jnp.float32
     assert lf.linear_probe(p).dtype == jnp.float32
 

@@ -1,4 +1,4 @@
-"""The flow solver against the closed-form oracles of THEORY.md section 4."""
+"""The flow solver against the closed-form oracles of docs/theory.md, section 5."""
 
 import math
 
@@ -9,7 +9,7 @@ import pytest
 import linfeat as lf
 from linfeat._closed_form_oracles import k1_trajectory_problem_time, toy2d_limit, toy2d_trajectory
 
-# The solver runs at rtol 1e-12; the oracles are exact to ~1e-13. THEORY/issue bar: 1e-8.
+# The solver runs at rtol 1e-12; the oracles are exact to ~1e-13. issue bar: 1e-8.
 ORACLE_TOL = 1e-8
 
 

@@ -1,4 +1,4 @@
-"""Closed-form oracles (THEORY.md section 4, R12b) against an independent SciPy ODE solve.
+"""Closed-form oracles (docs/theory.md, section 5, R12b) against an independent SciPy ODE solve.
 
 The reference is the raw two-layer flow for d = 2, k = 1, written in plain NumPy:
 state (v, b1, b2), L = (v b.x - y)^2 with x = e1, dv/dt = -dL/dv, db/dt = -dL/db, so the
@@ -141,7 +141,7 @@ def test_k1_invariants_and_limits(v0, alpha0, y):
 
 
 def toy_free_limit(v0, alpha0, y):
-    """Limit from THEORY section 4 evaluated in plain NumPy (with the c = 0 saddle case)."""
+    """Limit of docs/theory.md, section 5, in plain NumPy (with the c = 0 saddle case)."""
     c = v0 * v0 - alpha0 * alpha0
     if c == 0 and v0 * alpha0 * y <= 0:
         return 0.0, 0.0
@@ -184,7 +184,7 @@ def test_toy2d_limit_matches_long_solve(beta0, beta_star, v_star, v0):
 
 
 def test_toy2d_theory_printed_values():
-    """THEORY.md section 4: beta0 = beta* = pi/4, v* = 1."""
+    """docs/theory.md, section 5: beta0 = beta* = pi/4, v* = 1."""
     a = toy2d_limit(math.pi / 4, math.pi / 4, 1.0, 0.3)
     assert round(float(a.ft_ood_error), 4) == 0.0368
     assert abs(float(a.lp_ood_error)) <= tol("exact")
@@ -218,13 +218,15 @@ def test_r12_toy_matches_ode_and_claim(a, v0):
     out = r12_toy(a, v0)
     # LP cannot move (A = X B0^T = 0): error^2 = |(0, v0) - (a, 0)|^2.
     assert_close(out.lp_error, a * a + v0 * v0, "exact")
-    v_inf2 = (v0**2 + math.sqrt(v0**4 + 4 * a * a)) / 2  # THEORY R12(b)
+    v_inf2 = (v0**2 + math.sqrt(v0**4 + 4 * a * a)) / 2  # docs/theory.md, R12(b)
     assert_close(out.ft_error, v_inf2, "exact")
     v_T, b1_T, b2_T = solve_flow(v0, (0.0, 1.0), a, [60.0])[:, -1]
     w_T = v_T * np.array([b1_T, b2_T])
     assert_close(out.ft_error, np.sum((w_T - np.array([a, 0.0])) ** 2), "limit")
     assert_close(out.v_inf, v_T, "limit")
-    assert bool(out.ft_wins) == (a * a + v0 * v0 > 1)  # THEORY's claim, away from the boundary
+    assert bool(out.ft_wins) == (
+        a * a + v0 * v0 > 1
+    )  # docs/theory.md, away from the boundary
 
 
 def test_r12_claim_dense_grid():

@@ -1,4 +1,4 @@
-"""Problems, generators, the exact reduction and the metrics (THEORY.md sections 1-2)."""
+"""Problems, generators, the exact reduction and the metrics (docs/theory.md sections 1-2)."""
 
 import math
 import warnings
@@ -12,6 +12,7 @@ from helpers import max_rel_err, rounding
 import linfeat as lf
 from linfeat._cov import to_dense
 from linfeat._linalg import row_space_basis
+from linfeat._metrics import reduced_metrics
 
 
 def _arrays(seed=0, d=12, k=2, m=4, n=6):
@@ -75,27 +76,50 @@ def test_problems_from_arrays_stack_and_vmap():
 
 
 @pytest.mark.parametrize("ood", ["isotropic", "perp", "mixture", "random_spd"])
-def test_reduction_is_an_exact_isometry(ood):
+def test_reduced_metrics_equal_dense_metrics(ood):
+    # The frame's quadratic forms (docs/theory.md, section 2) against the metrics in R^d at
+    # random points (v, B = B0 + C Q^T) of the reachable set.
     p = lf.make_problem(
         jax.random.key(4), d=25, k=2, m=4, n=7, feature_error=0.2, ood=ood, ood_rank=0
     )
     red = lf.reduce(p)
-    W = np.asarray(red.basis)
-    G = W.T @ W
-    assert np.abs(G - np.diag(np.round(np.diag(G)))).max() < 1e-13  # columns orthonormal or 0
-    # Quadratic forms in coordinates equal the dense ones for random (v, B) in the span.
+    Q = np.asarray(red.basis)
+    assert np.abs(Q.T @ Q - np.diag(np.asarray(red.mask_S))).max() < 1e-13
     rng = np.random.default_rng(0)
     for _ in range(3):
-        v = rng.normal(size=2)
-        C = rng.normal(size=(2, red.r))
-        B = p.B0 + C @ W[:, : red.r].T
-        Bc = B @ W
-        for f in (lf.ood_error, lf.id_error, lf.id_subspace_error, lf.train_loss):
-            assert max_rel_err(f(red, v, Bc), f(p, v, B)) < 1e-12, f.__name__
-    # X^T X is diagonal in the S block.
-    XS = np.asarray(red.X[:, : red.r])
+        v, v0 = rng.normal(size=2), rng.normal(size=2)
+        A = np.asarray(red.A0) + rng.normal(size=(2, red.r)) * np.asarray(red.mask_S)
+        B = np.asarray(p.B0) + (A - np.asarray(red.A0)) @ Q.T
+        got = reduced_metrics(red, v, A, v0)
+        ref = lf.metrics(p, v, B, v0, p.B0)
+        for name in (
+            "train_loss",
+            "id_error",
+            "id_subspace_error",
+            "ood_error",
+            "feature_distance",
+            "feature_change_S",
+            "balancedness_drift",
+            "grad_norm",
+        ):
+            assert max_rel_err(getattr(got, name), getattr(ref, name)) < 1e-11, name
+    # X^T X is diagonal in the basis Q.
+    XS = np.asarray(red.XQ)
     off = XS.T @ XS - np.diag(np.diag(XS.T @ XS))
     assert np.abs(off).max() < 1e-12 * np.abs(XS).max() ** 2
+
+
+def test_reduced_errors_keep_relative_accuracy_at_small_eps():
+    # LP at feature_error 1e-6: the OOD error is O(eps^2) ~ 1e-12; the frame's blocks are
+    # O(eps), so the quadratic form keeps its relative accuracy (no cancellation of O(1)
+    # terms). Reference: the dense error in R^d, e computed as a vector (exact to rounding).
+    p = lf.make_problem(jax.random.key(1), d=30, k=3, m=6, feature_error=1e-6)
+    red = lf.reduce(p)
+    v = lf.linear_probe(p)
+    got = reduced_metrics(red, v, red.A0, v).ood_error
+    ref = lf.ood_error(p, v, p.B0)
+    assert 0 < float(ref) < 1e-10
+    assert max_rel_err(got, ref) < 1e-6
 
 
 def test_row_space_basis_rank_deficient():
@@ -149,7 +173,7 @@ def test_head_alignment_error_definition():
     p = lf.make_problem(jax.random.key(9), d=20, k=2, m=4, v_star_norm=2.0)
     a = lf.aligned_head(p)
     assert float(lf.head_alignment_error(p, a)) < 1e-6  # phi = 0 at v0 = a*
-    assert float(lf.head_alignment_error(p, -a)) < 1e-6  # blind to the sign (THEORY R5 note)
+    assert float(lf.head_alignment_error(p, -a)) < 1e-6  # blind to the sign (docs/theory.md, R5)
     np.testing.assert_allclose(
         lf.head_alignment_error(p, jnp.zeros(2)), 4.0, rtol=1e-12
     )  # ||v*||^2
@@ -204,10 +228,13 @@ def test_theory_condition_warnings():
 def test_metrics_disable_jit_equals_jit():
     p = lf.make_problem(jax.random.key(10), d=16, k=2, m=3, feature_error=0.2, ood="perp")
     v = jnp.array([0.4, -0.9])
-    jitted = jax.jit(lambda p, v: lf.metrics(lf.reduce(p), v, lf.reduce(p).B0, v, lf.reduce(p).B0))
-    got = jitted(p, v)
-    with jax.disable_jit():
+
+    def both(p, v):
         red = lf.reduce(p)
-        ref = lf.metrics(red, v, red.B0, v, red.B0)
-    for a, b in zip(got, ref, strict=True):
+        return lf.metrics(p, v, p.B0, v, p.B0), reduced_metrics(red, v, red.A0, v)
+
+    got = jax.jit(both)(p, v)
+    with jax.disable_jit():
+        ref = both(p, v)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -11,8 +11,7 @@ CODE = textwrap.dedent(
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import linfeat as lf
-    from linfeat._batched import fine_tune_batch
-    from linfeat._sharding import batch_mesh, shard_sweep
+    from linfeat import batch_mesh, fine_tune_batch, shard_sweep
     assert len(jax.devices()) == 4
     keys = jax.random.split(jax.random.key(0), 10)
     probs = jax.vmap(lambda k: lf.make_problem(k, d=60, k=3, m=8, feature_error=0.5))(keys)
@@ -23,18 +22,20 @@ CODE = textwrap.dedent(
     # a second call on the same shapes (compiled code, fresh transfers) gives the same lanes:
     # a host buffer updated while its transfer was in flight once left lanes unsolved here
     # (without metrics the trajectory is also assembled on the devices: outputs stay sharded)
-    again = shard_sweep(probs, v0s, devices=4, lanes=4, segment=8, with_metrics=False)
+    again = shard_sweep(probs, v0s, devices=4, with_metrics=False)
     np.testing.assert_array_equal(np.asarray(again.num_steps), np.asarray(four.num_steps))
-    for name in ("v", "B_coords", "v_final", "B_coords_final", "t_final"):
+    for name in ("v", "B", "v_final", "B_final", "t_final"):
         a, b = np.asarray(getattr(again, name)), np.asarray(getattr(four, name))
         np.testing.assert_allclose(a, b, atol=1e-12, err_msg=name)
     # Per-lane arithmetic is the same; only the shard shapes (10 lanes vs 3 per device, padded)
     # change BLAS blocking, so results agree to rounding, far inside the solver tolerance.
-    for name in ("v", "B_coords", "v_final", "B_coords_final"):
+    for name in ("v", "B", "v_final", "B_final"):
         a, b = np.asarray(getattr(one, name)), np.asarray(getattr(four, name))
         assert a.shape == b.shape, name
         assert np.max(np.abs(a - b)) < 1e-10, (name, np.max(np.abs(a - b)))
-    np.testing.assert_array_equal(np.asarray(one.basis), np.asarray(four.basis))
+    # Q's column signs are a gauge of the eigensolver: compare the projectors Q Q^T
+    proj = lambda Q: np.einsum("bdr,ber->bde", Q, Q)
+    np.testing.assert_allclose(proj(one.basis), proj(four.basis), atol=1e-12)
     mesh = batch_mesh(4)
     assert mesh.axis_names == ("batch",)
     print("OK")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-from linfeat import _batched as bt
+from linfeat._flows import spd_inverse
 
 b, k = 256, 10
 X = np.random.default_rng(0).normal(size=(b, k, 30))
@@ -24,7 +24,7 @@ def bench(name, f, reps=20):
     )
 
 
-bench("gj", bt._spd_inverse)
+bench("gj (linfeat._flows.spd_inverse)", jax.vmap(spd_inverse))
 bench("linalg.inv", jnp.linalg.inv)
 bench(
     "cholesky+inv",

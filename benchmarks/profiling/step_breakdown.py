@@ -1,83 +1,80 @@
+"""Per-lane cost of one Rodas5P step of the FT flow and of its parts, vmapped over b lanes.
+
+Usage: `PYTHONPATH=. python benchmarks/profiling/step_breakdown.py 256`. Each part runs 64
+times in a `fori_loop` under `jit(vmap)` (so dispatch is amortised) on b `small` lanes at
+their initial state; compare "one step" with the whole solve's cost per lane-step
+(`fine_tune_batch` without metrics, run time / (b x mean steps)): the difference is what
+diffrax's loop (controller, event, saves, dense output) and the vmapped while loop add.
+A Rodas5P step is 1 factor, 8 solves and 8 field evaluations (`linfeat._rodas5p`).
+"""
+
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 jax.config.update("jax_enable_x64", True)
+import linfeat as lf
 from benchmarks import suite
-from linfeat import _batched as bt
+from linfeat._flows import FineTune
+from linfeat._rodas5p import Rodas5P
 
-b = int(sys.argv[1])
-probs, v0s = suite.make_batch(0, b, d=200, m=20, n=20)
-ops = bt._ops(
-    None,
-    num_save=64,
-    train_features=True,
-    lp_init=False,
-    outputs="full",
-    with_metrics=False,
-    solver="rodas5p",
-    segment=128,
-)
-dt = jnp.float64
-su = ops.setup(probs, v0s, None, None, jnp.asarray(1e-8), jnp.asarray(1e-10), jnp.asarray(1e-9))
-c = su.consts
-s0, _ = ops.init(su.v0, su.A0, c)
-h = s0.h
+b = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+N = 64
+probs, v0s = suite.make_batch(b, d=200, m=20, n=20)
+reds = jax.jit(jax.vmap(lf.reduce))(probs)
+data = reds.flow_data
+y0 = (v0s, reds.A0)
+flow = FineTune()
+h = 1e-3 / jnp.max(reds.sigma2, axis=-1)  # a step of the size the solver takes early on
 
 
-def bench(name, f, *args, reps=5):
-    f = jax.jit(f)
-    jax.block_until_ready(f(*args))
+def bench(name, body):
+    def one(y, data, h):
+        return jax.lax.fori_loop(0, N, lambda i, y: body(y, data, h), y)
+
+    f = jax.jit(jax.vmap(one))
+    jax.block_until_ready(f(y0, data, h))
+    reps = 5
     t = time.perf_counter()
     for _ in range(reps):
-        out = jax.block_until_ready(f(*args))
-    dtm = (time.perf_counter() - t) / reps
-    print(f"{name:30s} {dtm * 1e6 / b:8.2f} us per lane", flush=True)
+        jax.block_until_ready(f(y0, data, h))
+    us = (time.perf_counter() - t) / reps / N / b * 1e6
+    print(f"{name:34s} {us:8.3f} us per lane", flush=True)
+    return us
 
 
-N = 64
+def field(y, data, h):
+    fv, fA = flow.field(y, data)
+    return (y[0] + 1e-12 * fv, y[1] + 1e-12 * fA)
 
 
-def loop(body):
-    def f(s):
-        return jax.lax.fori_loop(0, N, lambda i, x: body(x), s)
-
-    return f
-
-
-s = s0
+def factor(y, data, h):
+    solve = flow.factor(y, data, 0.2 * h)
+    dv, dA = solve(y)
+    return (y[0] + 1e-12 * dv, y[1] + 1e-12 * dA)
 
 
-def attempt(st):
-    v1, A1, fv1, fA1, ev, eA, _ = bt._rosenbrock_attempt(st, c, st.h * 1e-3, bt._RODAS5P)
-    return st._replace(v=v1, A=A1, fv=fv1, fA=fA1)
+def step(y, data, h):
+    solver = Rodas5P(flow)
+    f0 = flow.field(y, data)
+    y1, _, _, _, _ = solver.step(None, 0.0, h, y, data, f0, False)
+    return y1
 
 
-bench("attempt x64", loop(attempt), s)
-
-
-def field(st):
-    fv, fA = bt._field(st.v, st.A, c)
-    return st._replace(v=st.v + 1e-9 * fv, A=st.A + 1e-9 * fA)
-
-
-bench("field x64 (x9 per step)", loop(field), s)
-
-
-def lin(st):
-    L = bt._linearize(st.v, st.A, c, st.h)
-    return st._replace(A=st.A + 1e-9 * L.At, v=st.v + 1e-9 * L.Kinv[:, 0])
-
-
-bench("linearize x64", loop(lin), s)
-L = bt._linearize(s.v, s.A, c, s.h)
-
-
-def solve(st):
-    dv, dA = bt._linear_solve(L, st.fv, st.fA)
-    return st._replace(fv=dv, fA=dA)
-
-
-bench("solve x64 (x8 per step)", loop(solve), s)
+t_field = bench("field (x9 per step)", field)
+t_factor = bench("factor + 1 solve (x1 per step)", factor)
+t_step = bench("one Rodas5P step (+1 field)", step)
+tr = lf.fine_tune_batch(probs, v0s, with_metrics=False)  # compile
+t = time.perf_counter()
+tr = lf.fine_tune_batch(probs, v0s, with_metrics=False)
+secs = time.perf_counter() - t
+steps = np.asarray(tr.num_steps)
+print(
+    f"{'whole solve per lane-step':34s} {secs / steps.sum() * 1e6:8.3f} us "
+    f"(mean {steps.mean():.0f}, max {steps.max()} steps; a vmapped loop runs "
+    f"max steps for every lane: {secs / (b * steps.max()) * 1e6:.3f} us per lane per "
+    f"iteration)"
+)

@@ -1,0 +1,167 @@
+r"""The one solver core: a flow, Rodas5P, diffrax's `diffeqsolve`, a stop test and a status.
+
+Every gradient flow in linfeat (FT, LP, LP-FT, in `fine_tune`, `fine_tune_batch`, `sweep`,
+`linfeat check`, the experiments and the benchmarks) is integrated by `solve`, written for
+one instance: batches are `jax.vmap` of it. It stops when the gradient norm falls below
+`grad_tol` (a diffrax event) or at `t1`, saves at `ts` from the solver's dense output, and
+reports a per-trajectory `Status` instead of raising, so it also works under `vmap`.
+Derivatives: reverse mode through diffrax's `RecursiveCheckpointAdjoint` (default) and
+forward mode (`jax.jvp`) with `adjoint=diffrax.ForwardMode()`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+import diffrax
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from ._flows import AbstractFlow, gradient_norm
+from ._rodas5p import Rodas5P
+
+
+class Status(enum.IntEnum):
+    """Per-trajectory outcome of a flow solve."""
+
+    CONVERGED = 0  # gradient norm fell below `grad_tol`
+    MAX_TIME = 1  # reached `t_max` before the gradient test passed
+    STEP_LIMIT = 2  # `max_steps` solver steps were not enough
+    NONFINITE = 3  # NaN or inf in the state
+    SOLVER_ERROR = 4  # any other solver failure (e.g. step size underflow)
+
+
+class SolverError(RuntimeError):
+    """A flow solve failed (raised for unbatched calls; batched calls report `status`)."""
+
+
+def default_tolerances(dtype) -> tuple[float, float, float]:
+    r"""(rtol, atol, grad_scale) of a dtype; see `default_grad_tol` for grad_scale.
+
+    float64: at rtol 1e-9 Rodas5P keeps the final state within ~1e-10 of a tight reference
+    (its global error was ~0.03 x rtol on the benchmark problems) in ~150 steps on square X
+    (rtol 1e-10 took up to 335); the gradient test (grad_scale 1e-10) sits above the error
+    floor an L-stable method leaves at that tolerance (docs/solvers.md has the numbers).
+    """
+    if jnp.finfo(dtype).bits >= 64:
+        return 1e-9, 1e-11, 1e-10
+    return 1e-5, 1e-7, 1e-4
+
+
+def default_grad_tol(lam_max, Y, v0, grad_scale) -> Float[Array, ""]:
+    r"""Scale-aware gradient threshold $c\,\lambda_{max}(X^TX)(1 + \|Y\|)(1 + \|v_0\|)$.
+
+    The gradient scales like $\lambda_{max}$ times the sizes of the residual and of the head,
+    and so does the error floor the solver leaves in it: a fixed absolute threshold sat
+    below that floor for heads of norm ~3 (18 of 144 solves hit the step limit).
+    """
+    return grad_scale * lam_max * (1 + jnp.linalg.norm(Y)) * (1 + jnp.linalg.norm(v0))
+
+
+def default_times(lam_max, num_save: int, dtype) -> Float[Array, " T"]:
+    r"""0, then log-spaced times over $[10^{-2}, 10^{6}] / \lambda_{max}(X^TX)$."""
+    tau = 1.0 / lam_max
+    return jnp.concatenate(
+        [jnp.zeros((1,), dtype), tau * jnp.logspace(-2, 6, num_save - 1, dtype=dtype)]
+    )
+
+
+class Solution(NamedTuple):
+    """What `solve` returns for one trajectory (leading batch axes under vmap)."""
+
+    ts: Float[Array, " T"]
+    ys: Any  # the state at every save time (after the stop: the final state)
+    y_final: Any
+    t_final: Float[Array, ""]
+    num_steps: Int[Array, ""]
+    status: Int[Array, ""]
+
+
+def _status(result, y_final) -> Int[Array, ""]:
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y_final)]))
+    code = jnp.where(
+        result == diffrax.RESULTS.event_occurred,
+        Status.CONVERGED,
+        jnp.where(
+            result == diffrax.RESULTS.successful,
+            Status.MAX_TIME,
+            jnp.where(
+                result == diffrax.RESULTS.max_steps_reached, Status.STEP_LIMIT, Status.SOLVER_ERROR
+            ),
+        ),
+    )
+    return jnp.where(finite, code, Status.NONFINITE).astype(jnp.int32)
+
+
+def solve(
+    flow: AbstractFlow,
+    y0,
+    args,
+    *,
+    ts: Float[Array, " T"],
+    t1,
+    rtol,
+    atol,
+    grad_tol,
+    max_steps: int,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    progress: bool = False,
+) -> Solution:
+    """Integrates `flow` from `y0` with Rodas5P until the gradient test passes or `t1`.
+
+    Args:
+        flow: the method (`linfeat._flows.AbstractFlow`).
+        y0: initial state (a pytree).
+        args: the flow's data.
+        ts: increasing save times in [0, t1].
+        t1: final time if the gradient test never passes.
+        rtol, atol: tolerances of the step-size controller (RMS norm over the state).
+        grad_tol: stop when the norm of the field (= the loss gradient) falls below it.
+        max_steps: step limit (static).
+        adjoint: a diffrax adjoint; default `RecursiveCheckpointAdjoint` (reverse mode).
+        progress: show diffrax's tqdm progress meter (unbatched calls).
+
+    Returns:
+        A `Solution`; saves at or after the stop time repeat the final state.
+    """
+    dtype = ts.dtype
+    t1 = jnp.maximum(t1, ts[-1])  # diffrax needs every save time inside [0, t1]
+
+    def converged(t, y, args, **kwargs):
+        return gradient_norm(flow.field(y, args)) < grad_tol
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, a: flow.field(y, a)),
+        Rodas5P(flow),
+        t0=jnp.zeros((), dtype),
+        t1=t1,
+        dt0=None,
+        y0=y0,
+        args=args,
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        event=diffrax.Event(converged),
+        max_steps=max_steps,
+        throw=False,
+        adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
+        progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
+    )
+    ys, y_last = sol.ys
+    y_final = jax.tree.map(lambda x: x[0], y_last)
+    t_final = sol.ts[1][0]
+    # diffrax fills saves at or after the stop with inf (even ts = 0 when the start is
+    # already stationary): the state is at its limit there, which is y_final.
+    after = ts >= t_final
+    ys = jax.tree.map(
+        lambda x, xf: jnp.where(after.reshape((-1,) + (1,) * xf.ndim), xf, x), ys, y_final
+    )
+    return Solution(
+        ts=ts,
+        ys=ys,
+        y_final=y_final,
+        t_final=t_final,
+        num_steps=sol.stats["num_steps"],
+        status=_status(sol.result, y_final),
+    )

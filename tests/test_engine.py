@@ -1,0 +1,164 @@
+"""The one engine: natural path = batch path, independent references, generic flows, drift."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import linfeat as lf
+from linfeat._engine import default_tolerances, solve
+from linfeat._flows import AbstractFlow, FineTune
+from linfeat._reduce import reduce
+
+
+def _batch(n_lanes, *, n, seed=0, d=40, k=3, m=6):
+    keys = jax.random.split(jax.random.key(seed), n_lanes)
+    probs = jax.vmap(lambda key: lf.make_problem(key, d=d, k=k, m=m, n=n, feature_error=0.5))(keys)
+    v0s = jax.random.normal(jax.random.key(seed + 1), (n_lanes, k))
+    return probs, v0s
+
+
+@pytest.mark.parametrize("square", [True, False])
+def test_vmap_fine_tune_equals_fine_tune_batch(square):
+    # The natural path and the batch driver are the same per-instance computation at their
+    # defaults: same statuses, same final state to rounding (64 problems, n = m and n = 2m).
+    probs, v0s = _batch(64, n=6 if square else 12)
+    natural = jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, v0s)
+    batch = lf.fine_tune_batch(probs, v0s, batch_size=24)  # 3 chunks, the last one padded
+    np.testing.assert_array_equal(np.asarray(natural.status), batch.status)
+    np.testing.assert_array_equal(np.asarray(natural.num_steps), batch.num_steps)
+    # no failure; MAX_TIME is a legitimate outcome on square X, where the smallest singular
+    # value can make the last direction converge after the default t_max = 1e6 / lambda_max
+    assert np.all(batch.status <= lf.Status.MAX_TIME) and np.mean(batch.status == 0) > 0.9
+    # different batch shapes change BLAS blocking only: agreement to a few hundred ulps
+    np.testing.assert_allclose(natural.v_final, batch.v_final, rtol=0, atol=1e-12)
+    # (A = B Q depends on the signs of Q's columns, a gauge: compare B itself)
+    np.testing.assert_allclose(natural.B_final, batch.B_final, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        natural.metrics.ood_error, batch.metrics.ood_error, rtol=1e-10, atol=1e-14
+    )
+
+
+def test_batch_returns_numpy_for_any_number_of_chunks():
+    probs, v0s = _batch(5, n=12)
+    one = lf.fine_tune_batch(probs, v0s, batch_size=None, with_metrics=False)
+    many = lf.fine_tune_batch(probs, v0s, batch_size=2, with_metrics=False)
+    for tr in (one, many):
+        assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tr))
+    np.testing.assert_allclose(one.v_final, many.v_final, atol=1e-12)
+
+
+def test_metrics_outputs_never_return_coordinates_as_B():
+    probs, v0s = _batch(3, n=12)
+    tr = lf.fine_tune_batch(probs, v0s, outputs="metrics")
+    assert tr.A is None and tr.basis is None
+    with pytest.raises(ValueError, match="outputs='full'"):
+        tr.B_final
+    with pytest.raises(ValueError, match="outputs='full'"):
+        tr.B
+    full = lf.fine_tune_batch(probs, v0s)
+    assert full.B_final.shape == (3, 3, 40) and full.B.shape == (3, 64, 3, 40)
+
+
+def test_rodas5p_against_kvaerno5():
+    # Independent reference: diffrax's implicit Kvaerno5 (its own Newton solver and error
+    # control) on the same reduced field at tight tolerances. Rodas5P at the defaults must
+    # agree to ~rtol-level (global error ~0.03 rtol per unit of the state, measured).
+    p = lf.make_problem(jax.random.key(3), d=50, k=4, m=8, n=8, feature_error=0.3)
+    v0 = jax.random.normal(jax.random.key(4), (4,))
+    red = reduce(p)
+    tr = lf.fine_tune(p, v0)
+    ts = tr.ts
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, a: FineTune().field(y, a)),
+        diffrax.Kvaerno5(),
+        0.0,
+        ts[-1],
+        None,
+        (v0, red.A0),
+        red.flow_data,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=1e-12, atol=1e-14),
+        max_steps=200_000,
+    )
+    rtol = default_tolerances(jnp.float64)[0]
+    live = np.asarray(ts) <= float(tr.t_final)  # after the stop the engine holds the limit
+    np.testing.assert_allclose(tr.v[live], sol.ys[0][live], atol=100 * rtol)
+    # compare B in R^d: the signs of the singular vectors in Q are a gauge choice
+    B_ref = p.B0 + jnp.einsum("tkr,dr->tkd", sol.ys[1] - red.A0, red.basis)
+    np.testing.assert_allclose(tr.B[live], B_ref[live], atol=100 * rtol)
+
+
+class _DenseFineTune(AbstractFlow):
+    """FT with no structured solve: exercises the generic jacfwd + Gauss-Jordan fallback."""
+
+    def field(self, y, args):
+        return FineTune().field(y, args)
+
+
+def test_generic_flow_fallback_matches_structured_solve():
+    p = lf.make_problem(jax.random.key(5), d=30, k=3, m=5, n=5, feature_error=0.4)
+    v0 = jax.random.normal(jax.random.key(6), (3,))
+    red = reduce(p)
+    kw = dict(
+        ts=jnp.linspace(0.0, 5.0, 6), t1=5.0, rtol=1e-9, atol=1e-11, grad_tol=1e-12,
+        max_steps=10_000,
+    )  # fmt: skip
+    a = jax.jit(lambda: solve(FineTune(), (v0, red.A0), red.flow_data, **kw))()
+    b = jax.jit(lambda: solve(_DenseFineTune(), (v0, red.A0), red.flow_data, **kw))()
+    # the same method with two exact linear solves: identical steps up to rounding
+    np.testing.assert_array_equal(a.num_steps, b.num_steps)
+    np.testing.assert_allclose(a.ys[0], b.ys[0], atol=1e-11)
+    np.testing.assert_allclose(a.ys[1], b.ys[1], atol=1e-11)
+
+
+def test_square_x_needs_few_steps():
+    # The flow is stiff on square Gaussian X (kappa(X^T X) ~ m^2): the explicit solvers
+    # needed 1e4-1e5 steps; L-stable Rodas5P at its defaults stays under 300.
+    probs, v0s = _batch(16, n=20, d=200, k=10, m=20, seed=7)
+    tr = jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, v0s)
+    # MAX_TIME is physics, not a failure: a lane whose smallest singular value s satisfies
+    # s^2 / lambda_max < ~1e-5 converges after the default t_max = 1e6 / lambda_max
+    assert np.all(np.asarray(tr.status) <= lf.Status.MAX_TIME)
+    assert int(np.max(tr.num_steps)) <= 300, np.asarray(tr.num_steps)
+
+
+def test_failures_reported_per_lane_and_raised_alone():
+    probs, v0s = _batch(4, n=12)
+    tr = lf.fine_tune_batch(probs, v0s, max_steps=3, with_metrics=False)
+    assert np.all(tr.status == lf.Status.STEP_LIMIT)
+    p = jax.tree.map(lambda x: x[0], probs)
+    with pytest.raises(lf.SolverError, match="STEP_LIMIT"):
+        lf.fine_tune(p, v0s[0], max_steps=3)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(rtol=0.0), "rtol"),
+        (dict(rtol=float("nan")), "rtol"),
+        (dict(atol=-1.0), "atol"),
+        (dict(grad_tol=0.0), "grad_tol"),
+        (dict(t_max=0.0), "t_max"),
+        (dict(t_max=-2.0), "t_max"),
+        (dict(num_save=0), "num_save"),
+        (dict(max_steps=0), "max_steps"),
+        (dict(ts=jnp.asarray([0.0, 2.0, 1.0])), "ts"),
+        (dict(ts=jnp.asarray([-1.0, 2.0])), "ts"),
+    ],
+)
+def test_bad_solver_settings_raise_before_any_step(kw, match):
+    p = lf.make_problem(jax.random.key(0), d=20, k=2, m=4)
+    with pytest.raises(ValueError, match=match):
+        lf.fine_tune(p, jnp.ones(2), **kw)
+
+
+def test_bad_head_raises():
+    p = lf.make_problem(jax.random.key(0), d=20, k=2, m=4)
+    with pytest.raises(ValueError, match="v0"):
+        lf.fine_tune(p, jnp.ones(3))
+    with pytest.raises(ValueError, match="v0"):
+        lf.fine_tune(p, jnp.asarray([1.0, jnp.nan]))
+    with pytest.raises(ValueError, match="v0"):
+        lf.fine_tune(p, jnp.asarray([1 + 1j, 0.0]))
