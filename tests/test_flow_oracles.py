@@ -5,11 +5,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TIGHT
 
 import linfeat as lf
 from linfeat._closed_form_oracles import k1_trajectory_problem_time, toy2d_limit, toy2d_trajectory
 
-# The solver runs at rtol 1e-12; the oracles are exact to ~1e-13. issue bar: 1e-8.
+# The solver runs at rtol 1e-12 (TIGHT); the oracles are exact to ~1e-13. Issue bar: 1e-8.
 ORACLE_TOL = 1e-8
 
 
@@ -25,7 +26,7 @@ def test_toy2d_limit_and_trajectory(v0):
     beta0 = beta_star = math.pi / 4
     p = _toy_problem(beta0, beta_star, 1.0)
     ts = np.array([0.0, 0.05, 0.3, 1.0, 3.0])
-    tr = lf.fine_tune(p, jnp.array([v0]), ts=ts)
+    tr = lf.fine_tune(p, jnp.array([v0]), ts=ts, **TIGHT)
     ref = toy2d_trajectory(ts, beta0, beta_star, 1.0, v0)
     np.testing.assert_allclose(tr.v[:, 0], ref.v, atol=ORACLE_TOL)
     np.testing.assert_allclose(tr.B[:, 0, :], ref.b, atol=ORACLE_TOL)
@@ -54,7 +55,7 @@ def test_exact_k1_trajectory_whitened(v0, alpha0, y):
     w = y * u + 0.7 * perp[:, 1]  # Pi_S w* = y u
     p = lf.problem_from_arrays(X=X, Y=X @ w, B0=b0[None], w_star=w, check_theory=False)
     ts = np.array([0.0, 0.02, 0.2, 1.0, 4.0])
-    tr = lf.fine_tune(p, jnp.array([v0]), ts=ts)
+    tr = lf.fine_tune(p, jnp.array([v0]), ts=ts, **TIGHT)
     ref = k1_trajectory_problem_time(ts, s=s, v0=v0, alpha0=alpha0, y=y)
     np.testing.assert_allclose(tr.v[:, 0], ref.v, atol=ORACLE_TOL)
     b_ref = np.asarray(ref.alpha)[:, None] * u + math.sqrt(1 - alpha0**2) * u_perp

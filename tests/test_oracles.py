@@ -224,9 +224,7 @@ def test_r12_toy_matches_ode_and_claim(a, v0):
     w_T = v_T * np.array([b1_T, b2_T])
     assert_close(out.ft_error, np.sum((w_T - np.array([a, 0.0])) ** 2), "limit")
     assert_close(out.v_inf, v_T, "limit")
-    assert bool(out.ft_wins) == (
-        a * a + v0 * v0 > 1
-    )  # docs/theory.md, away from the boundary
+    assert bool(out.ft_wins) == (a * a + v0 * v0 > 1)  # docs/theory.md, away from the boundary
 
 
 def test_r12_claim_dense_grid():
