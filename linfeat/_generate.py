@@ -14,7 +14,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validate as V
 from ._cov import SubspaceCov
-from ._linalg import orthonormalize
+from ._linalg import polar
 from ._problem import Problem
 
 OOD_KINDS = ("isotropic", "perp", "mixture", "inside", "random_spd")
@@ -25,9 +25,12 @@ def _orthonormal_columns(key, d: int, c: int, dtype) -> Float[Array, "d c"]:
     """A Haar-random d x c matrix with orthonormal columns: the polar factor of a Gaussian.
 
     $Z(Z^TZ)^{-1/2}$ is exactly Haar on the Stiefel manifold (it is equivariant under
-    left-orthogonal maps), and avoids a slow tall QR (see `linfeat._linalg`).
+    left-orthogonal maps), and avoids a slow tall QR (see `linfeat._linalg`). The polar factor
+    is unique, so a key gives the same matrix batched or not; an eigenvector basis of
+    $Z^TZ$ would depend on the eigensolver's sign and order conventions, which differ between
+    a vmapped and a single call.
     """
-    return orthonormalize(jax.random.normal(key, (d, c), dtype))
+    return polar(jax.random.normal(key, (d, c), dtype))
 
 
 def features_at_distance(
