@@ -87,19 +87,6 @@ def quad_form(cov: Cov, e: Float[Array, " d"], proj_S: Float[Array, " d"]) -> Fl
     return e @ cov @ e
 
 
-def compress_cov(
-    cov: Cov, basis: Float[Array, "d p"], mask_S: Float[Array, " p"]
-) -> Float[Array, "p p"]:
-    r"""$W^T \Sigma W$ for an orthonormal basis W whose S-part is `diag(mask_S)` in coordinates.
-
-    Exact for every quadratic form $e^T \Sigma e$ with $e \in \mathrm{span}(W)$.
-    """
-    if isinstance(cov, SubspaceCov):
-        LW = cov.factor.T @ basis
-        return cov.scale_S * jnp.diag(mask_S) + cov.scale_perp * jnp.diag(1.0 - mask_S) + LW.T @ LW
-    return basis.T @ cov @ basis
-
-
 def to_dense(cov: Cov, Q_S: Float[Array, "d m"]) -> Float[Array, "d d"]:
     """The dense (d, d) matrix of a second moment, given an orthonormal basis `Q_S` of S."""
     if isinstance(cov, SubspaceCov):
