@@ -148,11 +148,18 @@ def solve(
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
         progress_meter=diffrax.TqdmProgressMeter() if progress else diffrax.NoProgressMeter(),
     )
+    return solution(sol, ts)
+
+
+def solution(sol: diffrax.Solution, ts) -> Solution:
+    """A `Solution` from a diffrax solve saved with `SaveAt(subs=[ts, t1])` and an event.
+
+    diffrax fills the saves at or after the stop with inf (even ts = 0 when the start is
+    already stationary): the state is at its limit there, which is the final state.
+    """
     ys, y_last = sol.ys
     y_final = jax.tree.map(lambda x: x[0], y_last)
     t_final = sol.ts[1][0]
-    # diffrax fills saves at or after the stop with inf (even ts = 0 when the start is
-    # already stationary): the state is at its limit there, which is y_final.
     after = ts >= t_final
     ys = jax.tree.map(
         lambda x, xf: jnp.where(after.reshape((-1,) + (1,) * xf.ndim), xf, x), ys, y_final
@@ -165,3 +172,11 @@ def solve(
         num_steps=sol.stats["num_steps"],
         status=_status(sol.result, y_final),
     )
+
+
+def at_saves_and_end(fn, ys, y_final):
+    """`fn` (of one state) at every save and at the final state, as one vmap (one copy of
+    `fn` in the compiled program): returns (values at the saves, value at the end)."""
+    both = jax.tree.map(lambda x, xf: jnp.concatenate([x, xf[None]]), ys, y_final)
+    out = jax.vmap(fn)(*both) if isinstance(both, tuple) else jax.vmap(fn)(both)
+    return jax.tree.map(lambda x: x[:-1], out), jax.tree.map(lambda x: x[-1], out)

@@ -30,7 +30,9 @@ from ._engine import (
     Status,
     default_grad_tol,
     default_times,
+    at_saves_and_end,
     default_tolerances,
+    solution,
     solve,
 )
 from ._flows import FineTune
@@ -152,8 +154,7 @@ def solve_reduced(
     mets = final = None
     if with_metrics:
         at = functools.partial(reduced_metrics, red, v0=v0, train_features=train_features)
-        mets = jax.vmap(at)(v_t, A_t)
-        final = at(*sol.y_final)
+        mets, final = at_saves_and_end(at, sol.ys, sol.y_final)
     full = outputs == "full"
     return Trajectory(
         ts=ts,
@@ -204,31 +205,23 @@ def _solve_full(problem, v0, settings, *, num_save, train_features, max_steps) -
         max_steps=max_steps,
         throw=False,
     )
-    from ._engine import _status
-
-    ys, y_last = sol.ys
-    y_final = jax.tree.map(lambda x: x[0], y_last)
-    t_final = sol.ts[1][0]
-    after = ts >= t_final
-    ys = jax.tree.map(
-        lambda x, xf: jnp.where(after.reshape((-1,) + (1,) * xf.ndim), xf, x), ys, y_final
-    )
-    v_t, B_t = ys
+    sol = solution(sol, ts)
+    v_t, B_t = sol.ys
     at = functools.partial(metrics, problem, v0=v0, B0=problem.B0, train_features=train_features)
-    mets = jax.vmap(at)(v_t, B_t)
+    mets, final = at_saves_and_end(at, sol.ys, sol.y_final)
     Q = red.basis
     return Trajectory(
         ts=ts,
         v=v_t,
         A=B_t @ Q,
         metrics=mets,
-        final_metrics=at(*y_final),
+        final_metrics=final,
         v0=v0,
-        v_final=y_final[0],
-        A_final=y_final[1] @ Q,
-        t_final=t_final,
-        num_steps=sol.stats["num_steps"],
-        status=_status(sol.result, y_final),
+        v_final=sol.y_final[0],
+        A_final=sol.y_final[1] @ Q,
+        t_final=sol.t_final,
+        num_steps=sol.num_steps,
+        status=sol.status,
         basis=Q,
         B0=problem.B0,
     )

@@ -26,6 +26,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ._runtime import release_compiled_programs
+
 EXPERIMENTS = (
     "toy2d",
     "distortion",
@@ -241,6 +243,7 @@ def run(args) -> int:
             failed.append(name)
             continue
         rows.append(row)
+        release_compiled_programs()
         state = "cached" if row["cached"] else f"computed in {row['compute_s']:.1f} s"
         nc = f", {row['nonconverged']} non-converged" if row["nonconverged"] else ""
         bar.write(f"[{name}] {state}, plotted in {row['plot_s']:.1f} s{nc}")

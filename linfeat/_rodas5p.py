@@ -27,6 +27,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _GAMMA = 0.21193756319429014
 # Y_i = y0 + sum_j A[i-1][j] u_j for the first len(A) + 1 stages, then Y_{i+1} = Y_i + u_i.
@@ -63,18 +64,23 @@ _H = (
 NUM_STAGES = len(_C) + 1
 
 
-def _lin(base, coeffs, trees):
-    """base + sum_j coeffs[j] * trees[j] leaf by leaf (base may be None); zero weights skipped."""
-    pairs = [(c, t) for c, t in zip(coeffs, trees, strict=True) if c != 0.0]
+def _tableau():
+    """The stage, coupling, solution and dense-output weights as dense (8, 8) / (8,) arrays."""
+    stage = np.zeros((NUM_STAGES, NUM_STAGES))
+    for i, row in enumerate(_A, start=1):
+        stage[i, : len(row)] = row
+    for i in range(len(_A) + 1, NUM_STAGES):  # Y_i = Y_{i-1} + u_{i-1}
+        stage[i] = stage[i - 1]
+        stage[i, i - 1] += 1.0
+    solution = stage[-1].copy()
+    solution[-1] += 1.0  # y1 = Y_7 + u_7
+    couple = np.zeros((NUM_STAGES, NUM_STAGES))
+    for i, row in enumerate(_C, start=1):
+        couple[i, : len(row)] = _GAMMA * np.asarray(row)
+    return stage, couple, solution, np.asarray(_H)
 
-    def leaf(*xs):
-        b, rest = xs[0], xs[1:]
-        out = sum(c * x for (c, _), x in zip(pairs, rest, strict=True))
-        return out if b is None else b + out
 
-    if base is None:
-        return jax.tree.map(lambda *xs: leaf(None, *xs), *[t for _, t in pairs])
-    return jax.tree.map(leaf, base, *[t for _, t in pairs])
+_STAGE, _COUPLE, _SOLUTION, _DENSE = _tableau()
 
 
 class Rodas5PInterpolation(diffrax.AbstractLocalInterpolation):
@@ -134,21 +140,31 @@ class Rodas5P(diffrax.AbstractAdaptiveSolver):
         h = t1 - t0
         alpha = _GAMMA * h
         solve = self.flow.factor(y0, args, alpha)
-        f = solver_state
-        Y = y0
-        us = []
-        for i in range(NUM_STAGES):
-            if i > 0:
-                Y = _lin(y0, _A[i - 1], us) if i <= len(_A) else _lin(Y, (1.0,), us[-1:])
-                f = self.flow.field(Y, args)
-            rhs = jax.tree.map(lambda x: alpha * x, f)
-            if i > 0:
-                rhs = _lin(rhs, tuple(_GAMMA * c for c in _C[i - 1]), us)
-            us.append(solve(rhs))
-        y1 = _lin(Y, (1.0,), us[-1:])
+        # Stage 0 uses f(y0) from the solver state; stages 1-7 run in a loop (one copy of
+        # the field and the solve in the compiled program instead of seven): stage i forms
+        # Y_i = y0 + sum_j _STAGE[i, j] u_j and u_i = solve(alpha f(Y_i) + sum_j _COUPLE[i, j] u_j)
+        # over the stages computed so far (the later rows of the stack are still zero).
+        u0 = solve(jax.tree.map(lambda x: alpha * x, solver_state))
+        us = jax.tree.map(lambda u: jnp.zeros((NUM_STAGES,) + u.shape, u.dtype).at[0].set(u), u0)
+
+        def stage(i, us):
+            Y = jax.tree.map(lambda y, u: y + _combine(jnp.asarray(_STAGE)[i], u), y0, us)
+            f = self.flow.field(Y, args)
+            rhs = jax.tree.map(lambda x, u: alpha * x + _combine(jnp.asarray(_COUPLE)[i], u), f, us)
+            return jax.tree.map(lambda u, x: u.at[i].set(x), us, solve(rhs))
+
+        us = jax.lax.fori_loop(1, NUM_STAGES, stage, us)
+        y1 = jax.tree.map(lambda y, u: y + _combine(_SOLUTION, u), y0, us)
         f1 = self.flow.field(y1, args)
-        dense = dict(y0=y0, y1=y1, d=tuple(_lin(None, row, us) for row in _H))
-        return y1, us[-1], dense, f1, diffrax.RESULTS.successful
+        d = tuple(jax.tree.map(lambda u, row=row: _combine(row, u), us) for row in _DENSE)
+        dense = dict(y0=y0, y1=y1, d=d)
+        y_error = jax.tree.map(lambda u: u[-1], us)
+        return y1, y_error, dense, f1, diffrax.RESULTS.successful
+
+
+def _combine(row, u):
+    """sum_j row[j] u[j] over the leading (stage) axis of u."""
+    return jnp.tensordot(jnp.asarray(row, u.dtype), u, axes=1)
 
 
 class DenseLinearSolve(eqx.Module):
