@@ -47,13 +47,20 @@ def test_invariants(batch, solved):
     assert float(jnp.max(solved.metrics.feature_change_perp)) == 0.0  # reduced: by construction
 
 
+def test_concrete_bad_head_is_rejected_before_solving(batch):
+    probs, v0s = batch
+    with pytest.raises(ValueError, match="v0"):  # concrete input is validated up front
+        bt.fine_tune_batch(probs, v0s.at[2].set(jnp.nan), with_metrics=False)
+
+
+# The default suite checks per-lane statuses in tests/test_flow.py (STEP_LIMIT, NONFINITE,
+# CONVERGED, the unbatched raise); this adds MAX_TIME and the driver's own programs.
+@pytest.mark.slow
 def test_status_per_lane(batch):
     probs, v0s = batch
     tr = bt.fine_tune_batch(probs, v0s, max_steps=5)
     assert np.all(np.asarray(tr.status) == lf.Status.STEP_LIMIT)
     bad = v0s.at[2].set(jnp.nan)
-    with pytest.raises(ValueError, match="v0"):  # concrete input is validated up front
-        bt.fine_tune_batch(probs, bad, with_metrics=False)
     # traced input cannot be: the NaN lane is reported, the others are unaffected
     tr = jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, bad)
     st = np.asarray(tr.status)
@@ -63,6 +70,7 @@ def test_status_per_lane(batch):
     assert np.all(np.asarray(tr.status) == lf.Status.MAX_TIME)
 
 
+@pytest.mark.slow  # chunking and padding: also tests/test_engine.py (natural path = batch path)
 def test_chunked_equals_unchunked(batch, solved):
     probs, v0s = batch
     # The last chunk is padded to the chunk shape; lanes do not interact, but the chunk shape
@@ -140,6 +148,7 @@ def test_structured_linear_solve_matches_dense_jacobian(train_features):
         np.testing.assert_allclose(np.ravel(dA), x[k:], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow  # square X: also tests/test_engine.py (step counts, Kvaerno5 reference)
 def test_rodas5p_on_stiff_square_X_matches_explicit_reference():
     # n = m: kappa(X^T X) is large and the flow stiff. Rodas5P (the engine) against diffrax's
     # explicit Dopri8 on the same reduced field, both at rtol 1e-12 to a fixed horizon long

@@ -66,6 +66,7 @@ def test_r5_printed_constant_is_audited(results):
     assert rig.violations == 0 and rig.worst >= 1.0
 
 
+@pytest.mark.slow  # the session's checks run the search (test_r5_printed_constant_is_audited)
 def test_worst_case_search_is_reproducible():
     # One round of random search, then two Adam steps with jax.grad through the solver.
     cfg = dataclasses.replace(TINY, search_rounds=1, grad_starts=1, grad_steps=2)

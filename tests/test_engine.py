@@ -19,13 +19,13 @@ def _batch(n_lanes, *, n, seed=0, d=40, k=3, m=6):
     return probs, v0s
 
 
-@pytest.mark.parametrize("square", [True, False])
+@pytest.mark.parametrize("square", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_vmap_fine_tune_equals_fine_tune_batch(square):
     # The natural path and the batch driver are the same per-instance computation at their
-    # defaults: same statuses, same final state to rounding (64 problems, n = m and n = 2m).
-    probs, v0s = _batch(64, n=6 if square else 12)
+    # defaults: same statuses, same final state to rounding (32 problems, n = m and n = 2m).
+    probs, v0s = _batch(32, n=6 if square else 12)
     natural = jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, v0s)
-    batch = lf.fine_tune_batch(probs, v0s, batch_size=24)  # 3 chunks, the last one padded
+    batch = lf.fine_tune_batch(probs, v0s, batch_size=12)  # 3 chunks, the last one padded
     np.testing.assert_array_equal(np.asarray(natural.status), batch.status)
     np.testing.assert_array_equal(np.asarray(natural.num_steps), batch.num_steps)
     # no failure; MAX_TIME is a legitimate outcome on square X, where the smallest singular
@@ -50,15 +50,15 @@ def test_batch_returns_numpy_for_any_number_of_chunks():
 
 
 def test_metrics_outputs_never_return_coordinates_as_B():
-    probs, v0s = _batch(3, n=12)
-    tr = lf.fine_tune_batch(probs, v0s, outputs="metrics")
+    probs, v0s = _batch(5, n=12)  # the shapes of the test above: its programs are reused
+    tr = lf.fine_tune_batch(probs, v0s, batch_size=None, outputs="metrics", with_metrics=False)
     assert tr.A is None and tr.basis is None
     with pytest.raises(ValueError, match="outputs='full'"):
         tr.B_final
     with pytest.raises(ValueError, match="outputs='full'"):
         tr.B
-    full = lf.fine_tune_batch(probs, v0s)
-    assert full.B_final.shape == (3, 3, 40) and full.B.shape == (3, 64, 3, 40)
+    full = lf.fine_tune_batch(probs, v0s, batch_size=None, with_metrics=False)
+    assert full.B_final.shape == (5, 3, 40) and full.B.shape == (5, 64, 3, 40)
 
 
 def test_rodas5p_against_kvaerno5():
@@ -124,6 +124,7 @@ def test_square_x_needs_few_steps():
     assert int(np.max(tr.num_steps)) <= 300, np.asarray(tr.num_steps)
 
 
+@pytest.mark.slow  # the default suite has this in tests/test_flow.py
 def test_failures_reported_per_lane_and_raised_alone():
     probs, v0s = _batch(4, n=12)
     tr = lf.fine_tune_batch(probs, v0s, max_steps=3, with_metrics=False)

@@ -69,7 +69,14 @@ def test_every_experiment_is_listed():
     assert scripts == set(R.EXPERIMENTS)
 
 
-@pytest.mark.parametrize("name", R.EXPERIMENTS)
+# The costliest smoke runs (30-60 s each, compile-bound) are `slow`: the default suite runs the
+# other experiments, which exercise the same shared code (batch solve, checkpoints, plotting).
+_SLOW = {"distortion", "ft_lower_bound", "ood_vs_eps", "gd_vs_flow"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in R.EXPERIMENTS]
+)
 def test_experiment_smoke(name, tmp_path):
     mod = R.load_experiment(name)
     cfg = _tiny_config(name, mod)

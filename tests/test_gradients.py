@@ -52,15 +52,15 @@ def _min_ood(problem, v0):
 
 
 # Each case compiles a reverse-mode solve (about a minute on 2 cores): the default suite
-# keeps feature_error = 0 (where the gradient was NaN) and the rank-deficient X; the rest
-# run with -m slow.
+# keeps feature_error = 0 (where the gradient was NaN); the rest, the rank-deficient X
+# (n = 2m) among them, run with -m slow.
 @pytest.mark.parametrize(
     "knob, value, extra",
     [
         ("feature_error", 0.0, {}),
         pytest.param("feature_error", 1e-4, {}, marks=pytest.mark.slow),
         pytest.param("feature_error", 0.5, {}, marks=pytest.mark.slow),
-        ("feature_error", 0.5, {"n": 10}),  # rank-deficient X: n = 2m rows in m dimensions
+        pytest.param("feature_error", 0.5, {"n": 10}, marks=pytest.mark.slow),  # n = 2m
         pytest.param("v_star_norm", 1.3, {}, marks=pytest.mark.slow),
         pytest.param("ood_shift", 0.6, {}, marks=pytest.mark.slow),
         pytest.param("ood_rank_scale", 0.7, {"ood_rank": 2}, marks=pytest.mark.slow),

@@ -225,6 +225,7 @@ def test_theory_condition_warnings():
         lf.problem_from_arrays(**a)  # a healthy problem warns about nothing
 
 
+@pytest.mark.slow  # runs the eigensolver's loops in Python (about 90 s)
 def test_metrics_disable_jit_equals_jit():
     p = lf.make_problem(jax.random.key(10), d=16, k=2, m=3, feature_error=0.2, ood="perp")
     v = jnp.array([0.4, -0.9])
