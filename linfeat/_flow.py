@@ -28,9 +28,9 @@ from . import _validate as V
 from ._engine import (
     SolverError,
     Status,
+    at_saves_and_end,
     default_grad_tol,
     default_times,
-    at_saves_and_end,
     default_tolerances,
     solution,
     solve,
