@@ -28,6 +28,7 @@ def solved(batch):
     return bt.fine_tune_batch(probs, v0s)
 
 
+@pytest.mark.slow  # natural path = batch path at the defaults: tests/test_engine.py
 def test_matches_fine_tune_per_lane(batch, solved):
     # the driver is vmap of the same per-instance solve: lanes equal single calls to rounding
     probs, v0s = batch
@@ -41,6 +42,7 @@ def test_matches_fine_tune_per_lane(batch, solved):
         np.testing.assert_allclose(solved.metrics.ood_error[i], ref.metrics.ood_error, rtol=1e-10)
 
 
+@pytest.mark.slow  # R1, R2 on the engine: tests/test_flow.py
 def test_invariants(batch, solved):
     # R2: balancedness conserved; R1: features frozen off S.
     assert float(jnp.max(solved.metrics.balancedness_drift)) < 1e-9
@@ -87,6 +89,7 @@ def test_chunked_equals_unchunked(batch, solved):
         np.testing.assert_allclose(a, b, atol=1e-8)
 
 
+@pytest.mark.slow  # LP-FT and LP flows: tests/test_flow.py (the batch path is their vmap)
 def test_lp_ft_and_lp(batch):
     probs, v0s = batch
     p = jax.tree.map(lambda x: x[1], probs)

@@ -174,6 +174,7 @@ def test_head_only_reaches_linear_probe(setup):
     assert_close(traj.v_final, lf.linear_probe(problem), "rounding")
 
 
+@pytest.mark.slow  # float32 end to end: tests/test_flow.py and tests/test_validation.py
 def test_float32_stays_float32(setup):
     problem, v0, lam = setup
     p32 = jax.tree.map(lambda x: x.astype(jnp.float32), problem)

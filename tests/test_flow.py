@@ -168,13 +168,12 @@ def test_float32_stays_float32():
 
 
 def test_status_reported_per_trajectory_and_raised_unbatched(problems, heads):
-    f = jax.vmap(lambda p, h: lf.fine_tune(p, h, max_steps=20, check=False))
-    tr = f(problems, heads)
-    assert np.all(np.asarray(tr.status) == lf.Status.STEP_LIMIT)
-    bad = heads.at[1].set(jnp.nan)  # a non-finite lane among good ones
-    tr = jax.vmap(lambda p, h: lf.fine_tune(p, h, check=False))(problems, bad)
-    assert int(tr.status[1]) == lf.Status.NONFINITE
-    assert int(tr.status[0]) == lf.Status.CONVERGED
+    # One vmapped program: a non-finite lane among lanes that hit the step limit.
+    bad = heads.at[1].set(jnp.nan)
+    tr = jax.vmap(lambda p, h: lf.fine_tune(p, h, max_steps=20, check=False))(problems, bad)
+    status = np.asarray(tr.status)
+    assert status[1] == lf.Status.NONFINITE
+    assert np.all(np.delete(status, 1) == lf.Status.STEP_LIMIT)
     with pytest.raises(lf.SolverError, match="STEP_LIMIT.*max_steps"):
         lf.fine_tune(_one(problems, 0), heads[0], max_steps=20)
 
