@@ -15,8 +15,8 @@ NATURAL_MIN = 2 / 3  # natural path >= 2/3 of fine_tune_batch's throughput on `s
 MEMORY_MAX_GB = 4.0
 # previous-release setting -> the current fine_tune_batch row it is compared with
 PREVIOUS_PAIRS = {
-    "bench": (False, "its benchmark setting (no metrics, rtol 1e-8) vs defaults without metrics"),
-    "defaults": (True, "defaults vs defaults (metrics on)"),
+    "bench": (False, "both at its benchmark setting (no metrics, rtol 1e-8, atol 1e-10)"),
+    "defaults": (True, "library defaults vs library defaults (metrics on; the defaults differ)"),
 }
 
 
@@ -56,7 +56,12 @@ def previous_pairs(res) -> list[dict]:
             continue
         with_metrics, what = PREVIOUS_PAIRS[run["setting"]]
         for row in run["rows"]:
-            new = _nvb(res, run["workload"], row["batch"], "batch", with_metrics)
+            if run["setting"] == "bench":  # this release at the same setting, if measured
+                new = next((r for r in res["previous_release"].get("current_bench", [])
+                            if (r["workload"], r["batch"]) == (run["workload"], row["batch"])),
+                           None)  # fmt: skip
+            else:
+                new = _nvb(res, run["workload"], row["batch"], "batch", with_metrics)
             out.append(dict(workload=run["workload"], batch=row["batch"],
                             setting=run["setting"], what=what, old=row["traj_per_s"],
                             old_steps=row["steps_mean"], old_compile_s=row["compile_s"],

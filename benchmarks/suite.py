@@ -59,6 +59,7 @@ ACC = 1e-8  # final w within 1e-8 (relative) of the tight reference
 REF_TOL = dict(rtol=1e-13, atol=1e-15)
 NO_STOP = 1e-300  # a gradient threshold that never fires
 PREV_COMMIT = "4760ab2"  # the last commit before the one-engine rewrite
+PREV_BENCH_SETTING = dict(with_metrics=False, rtol=1e-8, atol=1e-10)  # benchmarks/previous.py
 LADDER = (1e-8, 1e-10, 1e-12)  # baseline rtols, loosest first (atol = rtol / 100)
 
 
@@ -410,6 +411,23 @@ def section_previous_release(res, cfg: Config, out_dir: Path):
                 print(f"  previous release {name} {setting}: {r.get('error', '')[-300:]}")
             out["runs"].append(r)
         npz.unlink()
+        # This release at the previous release's benchmark setting, on the same problems:
+        # the like-for-like comparison for "bench" (the library defaults differ).
+        for b in batches:
+            pb, vb = take(probs, slice(0, b)), v0s[:b]
+            tr, t = timed(
+                lambda: lf.fine_tune_batch(pb, vb, **{**kw, **PREV_BENCH_SETTING}),
+                second=b <= cfg.second_call_max_b,
+            )  # fmt: skip
+            steps = np.asarray(tr.num_steps)
+            row = dict(workload=name, batch=b, path="batch, previous bench setting",
+                       with_metrics=False, **t, traj_per_s=b / t["run_s"],
+                       steps_mean=float(steps.mean()), steps_max=int(steps.max()),
+                       **status_fractions(tr.status))  # fmt: skip
+            out.setdefault("current_bench", []).append(row)
+            print(f"  this release {name} b={b} at the previous bench setting: "
+                  f"{row['traj_per_s']:.1f} traj/s, steps {row['steps_mean']:.0f}", flush=True)
+            del tr
 
 
 # --------------------------------------------------------------------------- accuracy

@@ -51,7 +51,12 @@ def result(*, natural=(300.0, 300.0), batch=(400.0, 400.0), old=(350.0, 100.0), 
     )  # fmt: skip
     return dict(
         natural_vs_batch=rows,
-        previous_release=dict(commit="4760ab2", runs=runs),
+        previous_release=dict(
+            commit="4760ab2",
+            runs=runs,
+            # this release at the previous release's benchmark setting (compared with "bench")
+            current_bench=[nvb("small", 4096, "batch, previous bench setting", False, batch[1])],
+        ),
         accuracy=acc,
         baselines=dict(
             workload="small",
