@@ -1,4 +1,4 @@
-"""Same-minutes A/B quoted in BENCHMARKS.md's status note (2026-12-02).
+"""Same-minute A/B against the previous release quoted in BENCHMARKS.md (2026-12-02).
 
 Times `lf.fine_tune_batch` on b `small` problems (d = 200, k = 10, m = n = 20) at rtol 1e-8,
 atol 1e-10, without metrics, second call. Run once with the previous release first on the path
@@ -14,6 +14,22 @@ Printed on 2026-12-02 (heavily shared host; see the note):
     ['old'] b=256 first 13.76 second 1.94 traj/s 132.2 steps 111 us/lane-step 68.1
     ['new', 'bs'] b=256 first 13.82 second 2.56 traj/s 99.8 steps 112 us/lane-step 89.8
     ['old'] b=256 first 10.80 second 2.40 traj/s 106.8 steps 111 us/lane-step 84.3
+
+Printed later on 2026-12-02, after the Rodas5P stages were unrolled (git 58871e4), right after
+the benchmark run in BENCHMARKS.md, as same-minute pairs at b = 1024 (default batch_size):
+
+    ['old'] b=1024 first 19.47 second 7.63 traj/s 134.3 steps 112 us/lane-step 66.8
+    ['new'] b=1024 first 24.31 second 8.60 traj/s 119.0 steps 112 us/lane-step 75.2
+    ['old'] b=1024 first 15.62 second 5.18 traj/s 197.5 steps 112 us/lane-step 45.4
+    ['new'] b=1024 first 18.39 second 9.08 traj/s 112.8 steps 112 us/lane-step 79.4
+    ['old'] b=1024 first 15.22 second 5.82 traj/s 175.9 steps 112 us/lane-step 51.0
+    ['new'] b=1024 first 20.25 second 7.87 traj/s 130.1 steps 112 us/lane-step 68.8
+
+and 15 minutes later, on a quieter host, `fine_tune_batch` of this release on the same 1024
+problems (built with jit(vmap(make_problem))) at batch_size 1024 / 256 / 128 / 64, second
+pass: 275 / 308 / 307 / 275 traj/s, then the previous release once:
+
+    ['old'] b=1024 first 11.23 second 3.56 traj/s 287.4 steps 112 us/lane-step 31.2
 """
 
 import sys
