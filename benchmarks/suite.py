@@ -425,8 +425,11 @@ def section_previous_release(res, cfg: Config, out_dir: Path):
                        steps_mean=float(steps.mean()), steps_max=int(steps.max()),
                        **status_fractions(tr.status))  # fmt: skip
             out.setdefault("current_bench", []).append(row)
-            print(f"  this release {name} b={b} at the previous bench setting: "
-                  f"{row['traj_per_s']:.1f} traj/s, steps {row['steps_mean']:.0f}", flush=True)
+            print(
+                f"  this release {name} b={b} at the previous bench setting: "
+                f"{row['traj_per_s']:.1f} traj/s, steps {row['steps_mean']:.0f}",
+                flush=True,
+            )
             del tr
 
 
