@@ -8,7 +8,9 @@ Sections (each a key of the results JSON; `report.py` renders them and computes 
   `lf.fine_tune_batch`, both at the library defaults, end to end, with metrics (the default)
   and without, on `small` (b = 1024, 4096) and on a `from_arrays` workload (b = 1024).
 - `previous_release`: the same problems solved by the release before the one-engine
-  rewrite (git commit `PREV_COMMIT`), in a separate process (`benchmarks/previous.py`).
+  rewrite (git commit `PREV_COMMIT`), in a separate process (`benchmarks/previous.py`), at
+  its benchmark setting and at its defaults; and this release's `fine_tune_batch` at that
+  benchmark setting on the same problems (`current_bench`, the like-for-like rows).
 - `accuracy`: final w = B^T v of the first lanes of every method against a tight reference.
 - `baselines`: SciPy DOP853 on the full state, SciPy BDF / Radau / LSODA on the reduced
   state with the analytic Jacobian, diffrax Kvaerno5 vmapped, on the first lanes of `small`.
