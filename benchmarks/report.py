@@ -48,27 +48,52 @@ def natural_ratios(res) -> list[dict]:
     return out
 
 
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
 def previous_pairs(res) -> list[dict]:
-    """(previous release, current fine_tune_batch) throughput at the settings compared."""
-    out = []
-    for run in res.get("previous_release", {}).get("runs", []):
+    """(previous release, current fine_tune_batch) throughput at the settings compared.
+
+    "bench" rows come in interleaved rounds (previous release, then this release at once, on
+    the same problems): `ratio` is the median over rounds of the paired ratios, `old` and
+    `new` the medians of the two throughputs, `ratios` every round's ratio. "defaults" pairs
+    the previous release with this release's default-settings row of `natural_vs_batch`.
+    A result without rounds (older runs) is one round.
+    """
+    prev = res.get("previous_release", {})
+    groups: dict = {}
+    for run in prev.get("runs", []):
         if "rows" not in run:
             continue
-        with_metrics, what = PREVIOUS_PAIRS[run["setting"]]
         for row in run["rows"]:
-            if run["setting"] == "bench":  # this release at the same setting, if measured
-                new = next((r for r in res["previous_release"].get("current_bench", [])
-                            if (r["workload"], r["batch"]) == (run["workload"], row["batch"])),
-                           None)  # fmt: skip
+            key = (run["workload"], row["batch"], run["setting"])
+            groups.setdefault(key, []).append((run.get("round", 0), row, run))
+    out = []
+    for (workload, batch, setting), items in groups.items():
+        with_metrics, what = PREVIOUS_PAIRS[setting]
+        olds, news, ratios = [], [], []
+        for rnd, row, _ in items:
+            if setting == "bench":  # this release at the same setting, same round
+                new = next((r for r in prev.get("current_bench", [])
+                            if (r["workload"], r["batch"], r.get("round", 0))
+                            == (workload, batch, rnd)), None)  # fmt: skip
             else:
-                new = _nvb(res, run["workload"], row["batch"], "batch", with_metrics)
-            out.append(dict(workload=run["workload"], batch=row["batch"],
-                            setting=run["setting"], what=what, old=row["traj_per_s"],
-                            old_steps=row["steps_mean"], old_compile_s=row["compile_s"],
-                            old_converged=row["converged"], old_rtol=run["rtol"],
-                            new=None if new is None else new["traj_per_s"],
-                            new_steps=None if new is None else new["steps_mean"],
-                            ratio=None if new is None else new["traj_per_s"] / row["traj_per_s"]))  # fmt: skip
+                new = _nvb(res, workload, batch, "batch", with_metrics)
+            olds.append(row["traj_per_s"])
+            if new is not None:
+                news.append(new)
+                ratios.append(new["traj_per_s"] / row["traj_per_s"])
+        row, run = items[0][1], items[0][2]
+        out.append(dict(workload=workload, batch=batch, setting=setting, what=what,
+                        rounds=len(items), old=_median(olds), old_steps=row["steps_mean"],
+                        old_compile_s=_median([it[1]["compile_s"] for it in items]),
+                        old_converged=row["converged"], old_rtol=run["rtol"],
+                        new=_median([n["traj_per_s"] for n in news]) if news else None,
+                        new_steps=news[0]["steps_mean"] if news else None,
+                        ratio=_median(ratios) if ratios else None, ratios=ratios))  # fmt: skip
     return out
 
 
@@ -169,15 +194,18 @@ def render(res: dict) -> str:
     prev = res.get("previous_release")
     if prev:
         out += [
-            f"Previous release (git {prev['commit']}, lane-pool Rodas5P; same problems, fresh process) vs this one (`fine_tune_batch`):",
+            f"Previous release (git {prev['commit']}, lane-pool Rodas5P; same problems, fresh process) vs this one (`fine_tune_batch`); "
+            f"the benchmark-setting comparison runs interleaved rounds (previous, then current) and reports the median paired ratio:",
             "",
         ]
-        out += ["| workload | batch | comparison | previous traj/s | steps | compile s | converged | current traj/s | steps | current / previous |",
-                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        out += ["| workload | batch | comparison | rounds | previous traj/s | steps | compile s | converged | current traj/s | steps | current / previous (median; per round) |",
+                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for q in previous_pairs(res):
-            out.append(f"| {q['workload']} | {q['batch']} | {q['what']} | {q['old']:.1f} | {q['old_steps']:.0f} | "
-                       f"{q['old_compile_s']:.1f} | {q['old_converged']:.1%} | {_f(q['new'], '.1f')} | "
-                       f"{_f(q['new_steps'], '.0f')} | {_f(q['ratio'])} |")  # fmt: skip
+            per = ", ".join(f"{x:.2f}" for x in q["ratios"])
+            out.append(f"| {q['workload']} | {q['batch']} | {q['what']} | {q['rounds']} | {q['old']:.1f} | "
+                       f"{q['old_steps']:.0f} | {q['old_compile_s']:.1f} | {q['old_converged']:.1%} | "
+                       f"{_f(q['new'], '.1f')} | {_f(q['new_steps'], '.0f')} | {_f(q['ratio'])}"
+                       f"{f' ({per})' if len(q['ratios']) > 1 else ''} |")  # fmt: skip
         for run in prev.get("runs", []):
             if "error" in run:
                 out.append(f"\nPrevious release, {run.get('workload', '?')} {run.get('setting', '?')}: "
@@ -257,8 +285,12 @@ def targets(res: dict) -> str:
     pairs = [q for q in previous_pairs(res) if q["ratio"] is not None]
     failed = [r for r in res.get("previous_release", {}).get("runs", []) if "error" in r]
     if pairs or failed:
+        def rounds(q):
+            n = len(q["ratios"])
+            return f", median of {n} rounds" if n > 1 else ""
+
         txt = "; ".join(f"{q['workload']} b {q['batch']} {q['setting']}: {q['new']:.0f} vs {q['old']:.0f} "
-                        f"traj/s ({q['ratio']:.2f}x)" for q in pairs)  # fmt: skip
+                        f"traj/s ({q['ratio']:.2f}x{rounds(q)})" for q in pairs)  # fmt: skip
         if failed:
             txt += f"; {len(failed)} previous-release run(s) failed"
         worst = min((q["ratio"] for q in pairs), default=None)

@@ -131,6 +131,27 @@ def test_regression_and_failed_previous_run():
     assert "1 previous-release run(s) failed" in by["no regression "]
 
 
+def test_previous_release_rounds_use_the_median_paired_ratio():
+    # Three interleaved rounds: one noisy round (0.5x) does not decide; the median does.
+    res = result()
+    prev = res["previous_release"]
+    bench = prev["runs"][0]
+    prev["runs"] = [dict(bench, round=r, rows=[dict(bench["rows"][0], traj_per_s=old)])
+                    for r, old in enumerate((350.0, 800.0, 380.0))] + prev["runs"][1:]  # fmt: skip
+    cur = prev["current_bench"][0]
+    prev["current_bench"] = [dict(cur, round=r, traj_per_s=new)
+                             for r, new in enumerate((420.0, 400.0, 418.0))]  # fmt: skip
+    q = next(q for q in report.previous_pairs(res) if q["setting"] == "bench")
+    assert q["rounds"] == 3 and q["ratios"] == [420 / 350, 400 / 800, 418 / 380]
+    assert q["ratio"] == 418 / 380 and q["old"] == 380.0 and q["new"] == 418.0
+    by = verdicts(res)
+    assert "(1.10x, median of 3 rounds)" in by["no regression "]
+    assert by["no regression "].endswith("| met |")
+    # the same rounds with two slow ones: missed
+    prev["current_bench"][2]["traj_per_s"] = 300.0
+    assert verdicts(res)["no regression "].endswith("| missed (worst 0.79x) |")
+
+
 def test_accuracy_compile_memory_failures():
     by = verdicts(result(same_t=2e-8))
     assert by["every method w"].endswith("| missed |") and "2.0e-08" in by["every method w"]
