@@ -86,6 +86,36 @@ def _chunk_solver(mesh: Mesh | None, **static) -> Callable:
     return jax.jit(sharded)
 
 
+# Lanes per compiled chunk and device for `batch_size="auto"`. On CPU, small chunks are faster:
+# a chunk's state stays in cache, and a vmapped while loop runs every lane of a chunk to the
+# chunk's largest step count, which is closer to the mean in a small chunk (1024 `small`
+# lanes, no metrics: 292 traj/s in chunks of 128 vs 189 in one chunk of 1024; with metrics
+# 60 vs 49; chunks of 32-64 were no faster than 128: benchmarks/profiling/chunk_size.py).
+# Accelerators need wide chunks to fill the device.
+AUTO_LANES = {"cpu": 128}
+AUTO_LANES_ACCELERATOR = 4096
+
+
+def auto_batch_size(mesh: Mesh | None = None) -> int:
+    """Lanes per chunk for `batch_size="auto"`: 128 per device on CPU, 4096 per device on
+    accelerators (GPU, TPU)."""
+    devices = jax.devices() if mesh is None else list(mesh.devices.flat)
+    per = AUTO_LANES.get(devices[0].platform, AUTO_LANES_ACCELERATOR)
+    return per * (1 if mesh is None else mesh.size)
+
+
+def _batch_size(batch_size, mesh: Mesh | None) -> int | None:
+    if isinstance(batch_size, str):
+        if batch_size != "auto":
+            raise ValueError(
+                f'`batch_size` must be "auto", None (one chunk) or an int >= 1, got {batch_size!r}.'
+            )
+        return auto_batch_size(mesh)
+    if batch_size is not None:
+        V.check_int("batch_size", batch_size, min=1)
+    return batch_size
+
+
 def chunks(n: int, batch_size: int | None, multiple: int = 1) -> tuple[list[tuple[int, int]], int]:
     """Spans [lo, hi) of at most `batch_size` (None: one chunk), and the padded chunk size."""
     size = n if batch_size is None else max(1, min(batch_size, n))
@@ -132,7 +162,7 @@ def fine_tune_batch(
     atol: float | None = None,
     grad_tol: float | None = None,
     max_steps: int = 100_000,
-    batch_size: int | None = 4096,
+    batch_size: int | str | None = "auto",
     outputs: str = "full",
     with_metrics: bool = True,
     progress: bool = False,
@@ -150,7 +180,9 @@ def fine_tune_batch(
         method: "ft", "lp_ft" (FT from the linear-probe head, R10) or "lp" (flow on v only).
         ts, t_max, num_save, rtol, atol, grad_tol, max_steps: as for `fine_tune`
             (shared by all lanes).
-        batch_size: lanes per compiled chunk (memory is O(batch_size)); None: one chunk.
+        batch_size: lanes per compiled chunk (memory is O(batch_size)); "auto" (default):
+            `auto_batch_size(mesh)`, 128 lanes per device on CPU, 4096 on accelerators;
+            None: one chunk.
         outputs: "full" (everything `fine_tune` returns) or "metrics" (no per-time `A`, no
             `basis`/`B0`: O(T + kr) memory per lane, for huge sweeps; `B` then raises).
         with_metrics: evaluate `Metrics` at the save times (False: `metrics` is None).
@@ -164,8 +196,7 @@ def fine_tune_batch(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     if outputs not in ("full", "metrics"):
         raise ValueError(f"`outputs` must be 'full' or 'metrics', got {outputs!r}.")
-    if batch_size is not None:
-        V.check_int("batch_size", batch_size, min=1)
+    batch_size = _batch_size(batch_size, mesh)
     b = problems.X.shape[0]
     k = problems.B0.shape[-2]
     dtype = problems.X.dtype
@@ -221,13 +252,14 @@ def sweep(
 
     `instance(p)` maps one slice of `params` (a pytree with a leading axis, e.g. PRNG keys,
     or keys and knobs) to `(problem, v0)`; it is vmapped and jitted per chunk, so only
-    `batch_size` problems exist at once. With `checkpoint_dir`, every finished chunk is
-    written there atomically (`chunk_<start>.npz`) and a rerun skips the chunks on disk.
+    `batch_size` problems exist at once, and solved by `fine_tune_batch` in its own
+    (`batch_size="auto"`) chunks. With `checkpoint_dir`, every finished chunk is written
+    there atomically (`chunk_<start>.npz`) and a rerun skips the chunks on disk.
 
     Args:
         instance: single-instance constructor, `(problem, v0) = instance(p)`.
         params: pytree of arrays with a leading axis of length N (the sweep size).
-        batch_size: lanes per chunk.
+        batch_size: problems built per chunk (and per checkpoint).
         checkpoint_dir: directory for resumable per-chunk results, or None.
         progress: tqdm bar over chunks.
         outputs: "metrics" (default; O(T + kr) per lane) or "full".
@@ -250,7 +282,7 @@ def sweep(
                 parts.append(load_trajectory(path))
                 continue
         problems, v0s = build(pad_rows(jax.tree.map(lambda x: x[lo:hi], params), size))
-        tr = fine_tune_batch(problems, v0s, batch_size=None, outputs=outputs, **solver_kwargs)
+        tr = fine_tune_batch(problems, v0s, outputs=outputs, **solver_kwargs)
         tr = jax.tree.map(lambda x: x[: hi - lo], tr)
         if path is not None:
             save_trajectory(path, tr)

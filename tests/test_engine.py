@@ -169,3 +169,15 @@ def test_bad_head_raises():
         lf.fine_tune(p, jnp.asarray([1.0, jnp.nan]))
     with pytest.raises(ValueError, match="v0"):
         lf.fine_tune(p, jnp.asarray([1 + 1j, 0.0]))
+
+
+def test_batch_size_auto_and_bad_values():
+    from linfeat._batched import auto_batch_size
+
+    # CPU (the suite's backend): 128 lanes per device, times the mesh size
+    assert jax.devices()[0].platform != "cpu" or auto_batch_size() == 128
+    assert auto_batch_size(lf.batch_mesh(1)) == auto_batch_size()
+    probs, v0s = jax.tree.map(lambda x: x[:2], _batch(10, n=12))  # shapes of the tests above
+    for bad, match in (("big", '"auto", None'), (0, ">= 1"), (2.0, "integer")):
+        with pytest.raises(ValueError, match=match):
+            lf.fine_tune_batch(probs, v0s, batch_size=bad)

@@ -1,9 +1,11 @@
 """`fine_tune_batch` throughput against `batch_size` (lanes per compiled chunk).
 
-1024 `small` problems at the previous release's benchmark setting (rtol 1e-8, atol 1e-10, no
-metrics); two passes, the first also compiles. A vmapped while loop runs every lane of a
-chunk to the chunk's largest step count, so smaller chunks waste fewer steps. Quoted in
-BENCHMARKS.md and in `benchmarks/partial_runs/ab_previous_release.py`.
+1024 `small` problems, without metrics at the previous release's benchmark setting (rtol
+1e-8, atol 1e-10) and with metrics at the library defaults; `outputs="metrics"`. Each size is
+called twice and the second call timed. A vmapped while loop runs every lane of a chunk to
+the chunk's largest step count, so smaller chunks waste fewer steps, and a small chunk's
+state stays in cache. This is the measurement behind `batch_size="auto"` (128 lanes per
+device on CPU, `linfeat._batched.AUTO_LANES`), quoted in BENCHMARKS.md.
 Run: `PYTHONPATH=. python benchmarks/profiling/chunk_size.py`.
 """
 
@@ -19,14 +21,13 @@ from benchmarks.suite import make_batch  # noqa: E402
 
 b = 1024
 probs, v0s = make_batch(b)
-for rep in range(2):
-    for bs in (1024, 256, 128, 64):
-        kw = dict(with_metrics=False, rtol=1e-8, atol=1e-10, batch_size=bs)
-        if rep == 0:
-            lf.fine_tune_batch(probs, v0s, **kw)
+for with_metrics, tol in ((False, dict(rtol=1e-8, atol=1e-10)), (True, {})):
+    for bs in (1024, 512, 256, 128, 64, 32):
+        kw = dict(with_metrics=with_metrics, batch_size=bs, outputs="metrics", **tol)
+        lf.fine_tune_batch(probs, v0s, **kw)  # compile
         t = time.perf_counter()
         tr = lf.fine_tune_batch(probs, v0s, **kw)
         dt = time.perf_counter() - t
         steps = np.asarray(tr.num_steps)
-        print(f"pass {rep} batch_size={bs}: {dt:.2f} s, {b / dt:.0f} traj/s, steps mean "
-              f"{steps.mean():.0f}, max {steps.max()}", flush=True)  # fmt: skip
+        print(f"metrics={with_metrics} batch_size={bs}: {dt:.2f} s, {b / dt:.0f} traj/s, steps "
+              f"mean {steps.mean():.0f}, max {steps.max()}", flush=True)  # fmt: skip
