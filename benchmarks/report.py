@@ -126,7 +126,7 @@ def render(res: dict) -> str:
     v = m["versions"]
     mode = res.get("mode", "quick" if res.get("quick") else "full")
     out = [
-        f"Run: {res['started']} to {res.get('finished', '?')} ({mode}). "
+        f"Run: {res['started']} to {res.get('finished', '?')} ({mode}), git {m.get('git') or '?'}. "
         f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('mem_total_gb', 0):.0f} GB, {m['platform']}; "
         f"JAX {v['jax']} ({m['backend']}, devices {len(m['devices'])}), "
         f"diffrax {v['diffrax']}, scipy {v['scipy']}, numpy {v['numpy']}, Python {v['python']}. "
@@ -285,6 +285,7 @@ def targets(res: dict) -> str:
     pairs = [q for q in previous_pairs(res) if q["ratio"] is not None]
     failed = [r for r in res.get("previous_release", {}).get("runs", []) if "error" in r]
     if pairs or failed:
+
         def rounds(q):
             n = len(q["ratios"])
             return f", median of {n} rounds" if n > 1 else ""

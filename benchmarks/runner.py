@@ -10,6 +10,7 @@ the big sweep: a smoke test of the suite itself, not a measurement.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -89,6 +90,19 @@ def run(args) -> int:
     return 0
 
 
+def git_revision() -> str | None:
+    """The checkout's commit, with "+dirty" if tracked files differ from it (None: no git)."""
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    try:
+        run = functools.partial(subprocess.run, capture_output=True, text=True, check=True)
+        rev = run([*git, "rev-parse", "--short", "HEAD"]).stdout.strip()
+        dirty = run([*git, "status", "--porcelain", "--untracked-files=no"]).stdout
+    except Exception:
+        return None
+    return rev + ("+dirty" if dirty.strip() else "")
+
+
 def machine() -> dict:
     """CPU model, cores, memory and load, and a measured roofline (peak FLOP/s, bandwidth)."""
     import numpy as np
@@ -105,6 +119,7 @@ def machine() -> dict:
     except Exception:
         cpu = platform.processor()
     info.update(cpu=cpu, cores=os.cpu_count(), load_avg_1_5_15=list(os.getloadavg()))
+    info["git"] = git_revision()
     try:
         info["mem_total_gb"] = int(open("/proc/meminfo").readline().split()[1]) / 2**20
     except Exception:
