@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from statistics import median
 
 ACC = 1e-8
 NATURAL_MIN = 2 / 3  # natural path >= 2/3 of fine_tune_batch's throughput on `small`
@@ -48,12 +49,6 @@ def natural_ratios(res) -> list[dict]:
     return out
 
 
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
 def previous_pairs(res) -> list[dict]:
     """(previous release, current fine_tune_batch) throughput at the settings compared.
 
@@ -88,12 +83,12 @@ def previous_pairs(res) -> list[dict]:
                 ratios.append(new["traj_per_s"] / row["traj_per_s"])
         row, run = items[0][1], items[0][2]
         out.append(dict(workload=workload, batch=batch, setting=setting, what=what,
-                        rounds=len(items), old=_median(olds), old_steps=row["steps_mean"],
-                        old_compile_s=_median([it[1]["compile_s"] for it in items]),
+                        rounds=len(items), old=median(olds), old_steps=row["steps_mean"],
+                        old_compile_s=median([it[1]["compile_s"] for it in items]),
                         old_converged=row["converged"], old_rtol=run["rtol"],
-                        new=_median([n["traj_per_s"] for n in news]) if news else None,
+                        new=median([n["traj_per_s"] for n in news]) if news else None,
                         new_steps=news[0]["steps_mean"] if news else None,
-                        ratio=_median(ratios) if ratios else None, ratios=ratios))  # fmt: skip
+                        ratio=median(ratios) if ratios else None, ratios=ratios))  # fmt: skip
     return out
 
 

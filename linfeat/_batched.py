@@ -92,15 +92,15 @@ def _chunk_solver(mesh: Mesh | None, **static) -> Callable:
 # lanes, no metrics: 292 traj/s in chunks of 128 vs 189 in one chunk of 1024; with metrics
 # 60 vs 49; chunks of 32-64 were no faster than 128: benchmarks/profiling/chunk_size.py).
 # Accelerators need wide chunks to fill the device.
-AUTO_LANES = {"cpu": 128}
-AUTO_LANES_ACCELERATOR = 4096
+CPU_LANES = 128
+ACCELERATOR_LANES = 4096
 
 
 def auto_batch_size(mesh: Mesh | None = None) -> int:
     """Lanes per chunk for `batch_size="auto"`: 128 per device on CPU, 4096 per device on
     accelerators (GPU, TPU)."""
     devices = jax.devices() if mesh is None else list(mesh.devices.flat)
-    per = AUTO_LANES.get(devices[0].platform, AUTO_LANES_ACCELERATOR)
+    per = CPU_LANES if devices[0].platform == "cpu" else ACCELERATOR_LANES
     return per * (1 if mesh is None else mesh.size)
 
 
@@ -181,8 +181,7 @@ def fine_tune_batch(
         ts, t_max, num_save, rtol, atol, grad_tol, max_steps: as for `fine_tune`
             (shared by all lanes).
         batch_size: lanes per compiled chunk (memory is O(batch_size)); "auto" (default):
-            `auto_batch_size(mesh)`, 128 lanes per device on CPU, 4096 on accelerators;
-            None: one chunk.
+            128 lanes per device on CPU, 4096 per device on accelerators; None: one chunk.
         outputs: "full" (everything `fine_tune` returns) or "metrics" (no per-time `A`, no
             `basis`/`B0`: O(T + kr) memory per lane, for huge sweeps; `B` then raises).
         with_metrics: evaluate `Metrics` at the save times (False: `metrics` is None).

@@ -5,7 +5,7 @@
 called twice and the second call timed. A vmapped while loop runs every lane of a chunk to
 the chunk's largest step count, so smaller chunks waste fewer steps, and a small chunk's
 state stays in cache. This is the measurement behind `batch_size="auto"` (128 lanes per
-device on CPU, `linfeat._batched.AUTO_LANES`), quoted in BENCHMARKS.md.
+device on CPU, `linfeat._batched.CPU_LANES`), quoted in BENCHMARKS.md.
 Run: `PYTHONPATH=. python benchmarks/profiling/chunk_size.py`.
 """
 
