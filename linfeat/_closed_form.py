@@ -2,6 +2,7 @@ r"""Closed-form linear probing (docs/theory.md, section 2)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -9,6 +10,7 @@ from ._eigh import lstsq
 from ._problem import Problem
 
 
+@jax.jit  # one compiled program per shape for eager calls; inlines under a caller's jit
 def linear_probe(problem: Problem, v0: Float[Array, " k"] | None = None) -> Float[Array, " k"]:
     r"""The limit of the LP flow: $v_{lp}^\infty = v_0 + A^+ (Y - A v_0)$, $A = X B_0^T$.
 

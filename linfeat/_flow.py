@@ -129,9 +129,14 @@ def solve_reduced(
     with_metrics: bool,
     adjoint,
     progress: bool = False,
+    red: Reduced | None = None,
 ) -> Trajectory:
-    """FT / LP / LP-FT for one problem through the engine (vmap this for batches)."""
-    red = reduce(problem)
+    """FT / LP / LP-FT for one problem through the engine (vmap this for batches).
+
+    `red` is `reduce(problem)` when the caller has it already (`fine_tune` passes it, so that
+    an eager call compiles the reduction once per problem shape for FT, LP and LP-FT)."""
+    if red is None:
+        red = reduce(problem)
     if lp_init:
         from ._closed_form import linear_probe
 
@@ -153,8 +158,7 @@ def solve_reduced(
     v_t, A_t = sol.ys
     mets = final = None
     if with_metrics:
-        at = functools.partial(reduced_metrics, red, v0=v0, train_features=train_features)
-        mets, final = at_saves_and_end(at, sol.ys, sol.y_final)
+        mets, final = trajectory_metrics(red, sol.ys, sol.y_final, v0, train_features)
     full = outputs == "full"
     return Trajectory(
         ts=ts,
@@ -171,6 +175,14 @@ def solve_reduced(
         basis=red.basis if full else None,
         B0=problem.B0 if full else None,
     )
+
+
+@functools.partial(jax.jit, static_argnames="train_features")
+def trajectory_metrics(red: Reduced, ys, y_final, v0, train_features: bool):
+    """`Metrics` at every save and at the stop, from the reduced states (one program per
+    shape, shared by FT, LP-FT and, with `train_features=False`, LP)."""
+    at = functools.partial(reduced_metrics, red, v0=v0, train_features=train_features)
+    return at_saves_and_end(at, ys, y_final)
 
 
 def _full_field(t, y, args):
@@ -234,12 +246,12 @@ def _solve_full(problem, v0, settings, *, num_save, train_features, max_steps) -
         "with_metrics", "adjoint", "progress",
     ),
 )  # fmt: skip
-def _solve_jit(problem, v0, settings, **kw):
+def _solve_jit(problem, v0, settings, red=None, **kw):
     if kw.pop("mode") == "full":
         for name in ("lp_init", "outputs", "with_metrics", "adjoint", "progress"):
             kw.pop(name)
         return _solve_full(problem, v0, settings, **kw)
-    return solve_reduced(problem, v0, settings, **kw)
+    return solve_reduced(problem, v0, settings, red=red, **kw)
 
 
 def make_settings(dtype, *, ts, t_max, rtol, atol, grad_tol) -> _Settings:
@@ -316,11 +328,28 @@ def _flow(problem, v0, *, ts, t_max, num_save, rtol, atol, grad_tol, max_steps, 
             stacklevel=3,
         )
     settings = make_settings(dtype, ts=ts, t_max=t_max, rtol=rtol, atol=atol, grad_tol=grad_tol)
-    traj = _solve_jit(
-        problem, v0, settings, num_save=num_save if ts is None else int(np.shape(ts)[-1]),
-        mode=mode, train_features=train_features, lp_init=lp_init, max_steps=max_steps,
-        outputs="full", with_metrics=True, adjoint=adjoint, progress=progress,
-    )  # fmt: skip
+    num_save = num_save if ts is None else int(np.shape(ts)[-1])
+    if mode == "full":
+        traj = _solve_jit(
+            problem, v0, settings, num_save=num_save, mode=mode, train_features=train_features,
+            lp_init=lp_init, max_steps=max_steps, outputs="full", with_metrics=True,
+            adjoint=adjoint, progress=progress,
+        )  # fmt: skip
+    else:
+        # Three programs (reduction, solve, metrics) instead of one: an eager call compiles
+        # each once per shape and shares the reduction and the metrics between FT, LP-FT and
+        # LP on the same problem (compiling them into every solve cost ~40% more); under a
+        # caller's jit/vmap/grad the three inline into one program as before.
+        red = reduce(problem)
+        traj = _solve_jit(
+            problem, v0, settings, red, num_save=num_save, mode=mode,
+            train_features=train_features, lp_init=lp_init, max_steps=max_steps,
+            outputs="full", with_metrics=False, adjoint=adjoint, progress=progress,
+        )  # fmt: skip
+        mets, final = trajectory_metrics(
+            red, (traj.v, traj.A), (traj.v_final, traj.A_final), traj.v0, train_features
+        )
+        traj = traj._replace(metrics=mets, final_metrics=final)
     if check:
         _raise_on_failure(traj, what)
     return traj

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -83,6 +84,7 @@ def _frame_cov(cov, G, QtG) -> Float[Array, "p p"]:
     return G.T @ (cov @ G)
 
 
+@jax.jit  # one compiled program per shape for eager calls; inlines under a caller's jit
 def reduce(problem: Problem) -> Reduced:
     """The exact small coordinates of `problem` (one instance; vmap for batches)."""
     X, Y, B0, w = problem.X, problem.Y, problem.B0, problem.w_star

@@ -270,8 +270,11 @@ def principal_angle_distance(B0: Features, B_star: Features) -> ScalarOut:
     """
     _check_matrix("principal_angle_distance", "B0", B0, 2)
     _check_matrix("principal_angle_distance", "B_star", B_star, 2)
-    B0 = jnp.asarray(B0)
-    B_star = jnp.asarray(B_star)
+    return _principal_angle_distance(jnp.asarray(B0), jnp.asarray(B_star))
+
+
+@jax.jit
+def _principal_angle_distance(B0, B_star):
     overlap = B0 @ B_star.T
     cosines = singular_values(overlap)  # k x k; no direct LAPACK call here (see _linalg)
     # Rows of B0 minus their projection on rowspace(B*): singular values are sin(theta_i).
@@ -281,6 +284,7 @@ def principal_angle_distance(B0: Features, B_star: Features) -> ScalarOut:
     return 2.0 * jnp.sin(theta_max / 2.0)
 
 
+@jax.jit
 def _input_spectrum(X: Float[Array, "n d"]) -> tuple[Float[Array, " r"], Float[Array, " r"]]:
     r"""Singular values of X (descending) and the mask of those above the rank cut-off.
 
@@ -313,8 +317,12 @@ def numerical_rank(X: Inputs) -> Float[Array, ""]:
         The numerical rank, an int32 scalar array.
     """
     _check_matrix("numerical_rank", "X", X, 2)
-    _, keep = _input_spectrum(jnp.asarray(X))
-    return jnp.sum(keep, dtype=jnp.int32)
+    return _numerical_rank(jnp.asarray(X))
+
+
+@jax.jit
+def _numerical_rank(X):
+    return jnp.sum(_input_spectrum(X)[1], dtype=jnp.int32)
 
 
 def kappa(X: Inputs) -> ScalarOut:
@@ -331,8 +339,12 @@ def kappa(X: Inputs) -> ScalarOut:
         $\kappa(X) \ge 1$.
     """
     _check_matrix("kappa", "X", X, 2)
-    kap, _ = _kappa_from_spectrum(*_input_spectrum(jnp.asarray(X)))
-    return kap
+    return _kappa(jnp.asarray(X))
+
+
+@jax.jit
+def _kappa(X):
+    return _kappa_from_spectrum(*_input_spectrum(X))[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -816,6 +828,7 @@ class ProblemConstants(NamedTuple):
     lam_perp: ScalarOut
 
 
+@jax.jit  # compiled once per shape for eager calls (r5_bounds, r7_bounds, ... reuse it)
 def problem_constants(problem, v0: Head) -> ProblemConstants:
     r"""All constants of docs/theory.md (section 1) of one `Problem` with truth and head `v0`.
 
