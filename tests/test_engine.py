@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import linfeat as lf
+from linfeat import _batched as bt
 from linfeat._engine import default_tolerances, solve
 from linfeat._flows import AbstractFlow, FineTune
 from linfeat._reduce import reduce
@@ -50,7 +51,24 @@ def test_batch_returns_numpy_for_any_number_of_chunks():
     many = lf.fine_tune_batch(probs, v0s, batch_size=5, with_metrics=False)
     for tr in (one, many):
         assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tr))
-    np.testing.assert_allclose(one.v_final, many.v_final[:5], atol=1e-12)
+    # Several chunks are solved in stiffness order (`lane_order`, here not the given order)
+    # and returned in the caller's order: lane by lane equal to the single-chunk calls.
+    spans, size = bt.chunks(10, 5)
+    assert not np.array_equal(bt.lane_order(probs.X, spans, size), np.arange(10))
+    second = jax.tree.map(lambda x: x[5:], (probs, v0s))
+    two = lf.fine_tune_batch(*second, batch_size=5, with_metrics=False)
+    for name in ("v_final", "A_final", "t_final", "num_steps", "status"):
+        got, want = getattr(many, name), np.concatenate([getattr(one, name), getattr(two, name)])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_log_condition_estimate_is_exact_on_diagonal_gram():
+    # Diagonal Gram matrices: the pivots are the squared singular values, the zero one is the
+    # rank cut; n < d and n > d use the smaller Gram.
+    X = jnp.zeros((4, 7)).at[jnp.arange(4), jnp.arange(4)].set(jnp.array([2.0, 3.0, 0.0, 1.0]))
+    assert float(bt.log_condition_estimate(X)) == pytest.approx(np.log(9.0), rel=1e-14)
+    assert float(bt.log_condition_estimate(X.T)) == pytest.approx(np.log(9.0), rel=1e-14)
+    assert float(bt.log_condition_estimate(jnp.zeros((3, 5)))) == 0.0
 
 
 def test_metrics_outputs_never_return_coordinates_as_B():
