@@ -21,6 +21,7 @@ from typing import NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 import numpy as np
 from jaxtyping import Array, Float, Int
 
@@ -254,6 +255,67 @@ def _solve_jit(problem, v0, settings, red=None, **kw):
     return solve_reduced(problem, v0, settings, red=red, **kw)
 
 
+# Lanes per chunk when a traced `fine_tune` is vmapped over more lanes than this.
+VMAP_CHUNK = 128
+
+
+@functools.lru_cache(maxsize=64)
+def _chunked_pipeline(num_save: int, train_features: bool, lp_init: bool, max_steps: int):
+    """`solve_reduced` for one problem, whose `jax.vmap` over more than `VMAP_CHUNK` lanes runs
+    the whole per-lane pipeline (reduction, solve, metrics) in chunks of `VMAP_CHUNK` lanes,
+    a `lax.map` inside the caller's program: a vmapped while loop runs every lane to the
+    largest step count of its batch, and a small chunk's state stays in cache, as in
+    `fine_tune_batch`. Every lane is the same computation as unbatched. Reverse mode
+    differentiates the plain pipeline (unchunked)."""
+
+    def plain(problem, v0, settings):
+        return solve_reduced(
+            problem, v0, settings, num_save=num_save, train_features=train_features,
+            lp_init=lp_init, max_steps=max_steps, outputs="full", with_metrics=True,
+            adjoint=None,
+        )  # fmt: skip
+
+    @custom_vmap
+    def pipeline(problem, v0, settings):
+        return plain(problem, v0, settings)
+
+    @pipeline.def_vmap
+    def _rule(axis_size, in_batched, *xs):
+        xs = jax.tree.map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x)),
+            xs,
+            tuple(in_batched),
+        )
+        if axis_size <= VMAP_CHUNK:
+            out = jax.vmap(plain)(*xs)
+        else:
+            num = -(-axis_size // VMAP_CHUNK)
+            size = num * VMAP_CHUNK
+
+            def split(x):  # pad with copies of the last lane, then (num, VMAP_CHUNK, ...)
+                x = jnp.concatenate([x, jnp.repeat(x[-1:], size - axis_size, axis=0)])
+                return x.reshape((num, VMAP_CHUNK) + x.shape[1:])
+
+            out = jax.lax.map(lambda c: jax.vmap(plain)(*c), jax.tree.map(split, xs))
+            out = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:])[:axis_size], out)
+        return out, jax.tree.map(lambda _: True, out)
+
+    # `custom_vmap` has no reverse mode: differentiation goes through the plain pipeline
+    # (its `jax.vjp`, whose residuals are the pytree `fwd` returns), unchunked.
+    @jax.custom_vjp
+    def run(problem, v0, settings):
+        return pipeline(problem, v0, settings)
+
+    def fwd(problem, v0, settings):
+        return jax.vjp(plain, problem, v0, settings)
+
+    def bwd(vjp_fn, ct):
+        return vjp_fn(ct)
+
+    run.defvjp(fwd, bwd)
+    return run
+
+
 def make_settings(dtype, *, ts, t_max, rtol, atol, grad_tol) -> _Settings:
     """Validated solver settings as arrays of `dtype` (defaults from `default_tolerances`)."""
     d_rtol, d_atol, d_gscale = default_tolerances(dtype)
@@ -335,6 +397,12 @@ def _flow(problem, v0, *, ts, t_max, num_save, rtol, atol, grad_tol, max_steps, 
             lp_init=lp_init, max_steps=max_steps, outputs="full", with_metrics=True,
             adjoint=adjoint, progress=progress,
         )  # fmt: skip
+    elif not V.is_concrete(problem, v0) and adjoint is None and not progress:
+        # Traced (under a caller's jit/vmap/grad): one per-lane pipeline whose vmap rule
+        # solves large batches in chunks (`_chunked_pipeline`).
+        traj = _chunked_pipeline(num_save, train_features, lp_init, max_steps)(
+            problem, v0, settings
+        )
     else:
         # Three programs (reduction, solve, metrics) instead of one: an eager call compiles
         # each once per shape and shares the reduction and the metrics between FT, LP-FT and
