@@ -21,8 +21,8 @@ from typing import NamedTuple
 import diffrax
 import jax
 import jax.numpy as jnp
-from jax.custom_batching import custom_vmap
 import numpy as np
+from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float, Int
 
 from . import _validate as V
@@ -406,8 +406,8 @@ def _flow(problem, v0, *, ts, t_max, num_save, rtol, atol, grad_tol, max_steps, 
     else:
         # Three programs (reduction, solve, metrics) instead of one: an eager call compiles
         # each once per shape and shares the reduction and the metrics between FT, LP-FT and
-        # LP on the same problem (compiling them into every solve cost ~40% more); under a
-        # caller's jit/vmap/grad the three inline into one program as before.
+        # LP on the same problem (compiling them into every solve cost ~40% more). Traced
+        # calls with `adjoint` or `progress` come here too and inline into one program.
         red = reduce(problem)
         traj = _solve_jit(
             problem, v0, settings, red, num_save=num_save, mode=mode,

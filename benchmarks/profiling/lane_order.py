@@ -50,5 +50,8 @@ for n in (20, 40):
             lf.fine_tune_batch(probs, v0s, **KW)
             times[flag].append(time.perf_counter() - t)
     off, on = np.median(times[False]), np.median(times[True])
-    print(f"  fine_tune_batch (auto chunks): unsorted {B / off:.0f} traj/s, sorted "
-          f"{B / on:.0f} traj/s (median of 3 interleaved; ratio {off / on:.3f})", flush=True)
+    print(
+        f"  fine_tune_batch (auto chunks): unsorted {B / off:.0f} traj/s, sorted "
+        f"{B / on:.0f} traj/s (median of 3 interleaved; ratio {off / on:.3f})",
+        flush=True,
+    )
