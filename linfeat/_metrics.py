@@ -173,12 +173,25 @@ def aligned_head(problem) -> Float[Array, " k"]:
     return U @ problem.v_star
 
 
-@jax.jit
 def head_alignment_error(problem, v0: Float[Array, " k"]) -> Float[Array, ""]:
     r"""$\varphi = |(v_0^T a^*)^2 - \|a^*\|^4|^{1/2}$ [paper, R5]; blind to the sign of $v_0$.
 
     Evaluated in the factorised form of `linfeat.theory.head_alignment_error`.
     """
+    _check_head(problem, v0)
+    return _head_alignment_error(problem, v0)
+
+
+def _check_head(problem, v0) -> None:
+    """Validates a concrete head against the problem (skipped under jit)."""
+    if not V.is_concrete(v0) or not hasattr(problem, "B0"):
+        return
+    V.check_real_float("v0", v0, allow_int=True)
+    V.as_array("v0", v0, shape=(problem.B0.shape[-2],))
+
+
+@jax.jit
+def _head_alignment_error(problem, v0):
     return _theory_phi(v0, aligned_head(problem))
 
 
@@ -214,9 +227,15 @@ class Metrics(NamedTuple):
     grad_norm: Float[Array, "*T"]
 
 
-@functools.partial(jax.jit, static_argnames="train_features")
 def metrics(problem, v, B, v0, B0, *, train_features: bool = True) -> Metrics:
     """All `Metrics` at one point (v, B) of a flow started at (v0, B0)."""
+    _check_point(problem, v, B)
+    _check_point(problem, v0, B0)
+    return _metrics(problem, v, B, v0, B0, train_features=train_features)
+
+
+@functools.partial(jax.jit, static_argnames="train_features")
+def _metrics(problem, v, B, v0, B0, *, train_features: bool = True) -> Metrics:
     fS, fP = feature_change(problem, B)
     if problem.B_star is None:
         dist = jnp.full((), jnp.nan, B.dtype)

@@ -828,7 +828,6 @@ class ProblemConstants(NamedTuple):
     lam_perp: ScalarOut
 
 
-@jax.jit  # compiled once per shape for eager calls (r5_bounds, r7_bounds, ... reuse it)
 def problem_constants(problem, v0: Head) -> ProblemConstants:
     r"""All constants of docs/theory.md (section 1) of one `Problem` with truth and head `v0`.
 
@@ -849,6 +848,17 @@ def problem_constants(problem, v0: Head) -> ProblemConstants:
     Returns:
         A `ProblemConstants`.
     """
+    _check_matrix("problem_constants", "v0", v0, 1)
+    if V.is_concrete(v0) and hasattr(problem, "B0") and np.shape(v0) != problem.B0.shape[-2:-1]:
+        raise ValueError(
+            f"problem_constants: `v0` has shape {np.shape(v0)}, the problem's head has k = "
+            f"{problem.B0.shape[-2]}; pass a head of length k (vmap for batches)."
+        )
+    return _problem_constants(problem, jnp.asarray(v0))
+
+
+@jax.jit  # compiled once per shape for eager calls (r5_bounds, r7_bounds, ... reuse it)
+def _problem_constants(problem, v0) -> ProblemConstants:
     from ._cov import SubspaceCov, eig_range
     from ._metrics import feature_alignment, principal_constants
 

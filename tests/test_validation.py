@@ -599,3 +599,23 @@ def test_oracles_good_traced_and_float32():
     assert np.isfinite(lim.ft_ood_error[0]) and np.isnan(lim.ft_ood_error[1])
     got = jax.jit(r12_toy)(1.5, -0.3)
     np.testing.assert_allclose(got.ft_error, out.ft_error, rtol=1e-14)
+
+
+# ------------------------------------------------------ compiled public metrics and constants
+# These run as one compiled program each; their concrete arguments are checked before it.
+
+
+@pytest.mark.parametrize("bad", [np.array([0.3, np.nan]), np.ones(K + 1)])
+def test_compiled_metrics_and_constants_reject_bad_heads(problem, bad):
+    from linfeat import theory
+
+    with pytest.raises(ValueError, match="`v0`"):
+        lf.head_alignment_error(problem, bad)
+    with pytest.raises(ValueError, match="`v0`"):
+        theory.problem_constants(problem, bad)
+    with pytest.raises(ValueError, match="`v0`"):
+        theory.r5_bounds(problem, bad)
+    with pytest.raises(ValueError, match="`v`"):
+        lf.metrics(problem, bad, problem.B0, np.ones(K), problem.B0)
+    with pytest.raises(ValueError, match="`v`"):
+        lf.ood_error(problem, bad, problem.B0)
