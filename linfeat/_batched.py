@@ -164,10 +164,7 @@ def log_condition_estimate(X: Float[Array, "n d"]) -> Float[Array, ""]:
     return jnp.log(jnp.where(first > 0, first / last, 1.0))
 
 
-@functools.lru_cache(maxsize=8)
-def _stiffness_keys(mesh: Mesh | None) -> Callable:
-    del mesh  # one cached function per mesh argument, like `_chunk_solver`
-    return jax.jit(jax.vmap(log_condition_estimate))
+_stiffness_keys = jax.jit(jax.vmap(log_condition_estimate))
 
 
 def lane_order(X, spans, size: int) -> np.ndarray:
@@ -180,7 +177,7 @@ def lane_order(X, spans, size: int) -> np.ndarray:
     (benchmarks/profiling/chunk_size.py). A stable sort: equal keys keep their order.
     """
     keys = [
-        np.asarray(_stiffness_keys(None)(pad_rows(X[lo:hi], size)))[: hi - lo] for lo, hi in spans
+        np.asarray(_stiffness_keys(pad_rows(X[lo:hi], size)))[: hi - lo] for lo, hi in spans
     ]
     return np.argsort(np.concatenate(keys), kind="stable")
 
