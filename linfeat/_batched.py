@@ -176,9 +176,7 @@ def lane_order(X, spans, size: int) -> np.ndarray:
     step count was 0.80 of the chunks' maxima in the given order and 0.85 in this one
     (benchmarks/profiling/chunk_size.py). A stable sort: equal keys keep their order.
     """
-    keys = [
-        np.asarray(_stiffness_keys(pad_rows(X[lo:hi], size)))[: hi - lo] for lo, hi in spans
-    ]
+    keys = [np.asarray(_stiffness_keys(pad_rows(X[lo:hi], size)))[: hi - lo] for lo, hi in spans]
     return np.argsort(np.concatenate(keys), kind="stable")
 
 
