@@ -42,15 +42,15 @@ def project_S(problem: Problem, M: Float[Array, "... d"]) -> Float[Array, "... d
     return (M @ Q) @ Q.T
 
 
-def _check_point(problem, v, B) -> None:
+def _check_point(problem, v, B, names=("v", "B")) -> None:
     """Validates a concrete parameter point (v, B) against the problem (skipped under jit)."""
     if not V.is_concrete(v, B) or not hasattr(problem, "B0"):
         return
     k, d = problem.B0.shape[-2:]
-    V.check_real_float("v", v, allow_int=True)
-    V.check_real_float("B", B, allow_int=True)
-    V.as_array("v", v, shape=(k,))
-    V.as_array("B", B, shape=(k, d))
+    V.check_real_float(names[0], v, allow_int=True)
+    V.check_real_float(names[1], B, allow_int=True)
+    V.as_array(names[0], v, shape=(k,))
+    V.as_array(names[1], B, shape=(k, d))
 
 
 def prediction_error(problem, v: Float[Array, " k"], B: Float[Array, "k d"]) -> Float[Array, " d"]:
@@ -230,7 +230,7 @@ class Metrics(NamedTuple):
 def metrics(problem, v, B, v0, B0, *, train_features: bool = True) -> Metrics:
     """All `Metrics` at one point (v, B) of a flow started at (v0, B0)."""
     _check_point(problem, v, B)
-    _check_point(problem, v0, B0)
+    _check_point(problem, v0, B0, names=("v0", "B0"))
     return _metrics(problem, v, B, v0, B0, train_features=train_features)
 
 

@@ -617,5 +617,7 @@ def test_compiled_metrics_and_constants_reject_bad_heads(problem, bad):
         theory.r5_bounds(problem, bad)
     with pytest.raises(ValueError, match="`v`"):
         lf.metrics(problem, bad, problem.B0, np.ones(K), problem.B0)
+    with pytest.raises(ValueError, match="`v0`"):
+        lf.metrics(problem, np.ones(K), problem.B0, bad, problem.B0)
     with pytest.raises(ValueError, match="`v`"):
         lf.ood_error(problem, bad, problem.B0)
