@@ -23,6 +23,21 @@ OOD_KINDS = ("isotropic", "perp", "mixture", "inside", "random_spd")
 HEAD_KINDS = ("zero", "gaussian", "given", "lp", "aligned")
 
 
+def _gaussians(keys, shapes, dtype) -> list[Float[Array, "..."]]:
+    """`jax.random.normal(key, shape, dtype)` for each (key, shape), from one vectorised draw.
+
+    Why: XLA:CPU compiles every random-number call site separately, at ~0.7 s each (threefry
+    is unrolled into one large kernel), and `make_problem` drew five Gaussians: most of its
+    compile time. One `vmap`-ed draw of the longest length, sliced, is one call site. Under
+    JAX's default counter-based threefry (`jax_threefry_partitionable`, the default since
+    JAX 0.5) element i of a draw depends only on (key, i), so each slice equals the separate
+    draw exactly (tests/test_problem.py); the draw allocates len(keys) x the longest length.
+    """
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    flat = jax.vmap(lambda key: jax.random.normal(key, (max(sizes),), dtype))(jnp.stack(keys))
+    return [flat[i, :size].reshape(s) for i, (size, s) in enumerate(zip(sizes, shapes))]
+
+
 def _orthonormal_columns(key, d: int, c: int, dtype) -> Float[Array, "d c"]:
     """A Haar-random d x c matrix with orthonormal columns: the polar factor of a Gaussian.
 
@@ -63,7 +78,11 @@ def features_at_distance(
 
 
 def _features_at_distance(key, d, k, feature_error, dtype):
-    O = _orthonormal_columns(key, d, 2 * k, dtype)
+    return _features_from(jax.random.normal(key, (d, 2 * k), dtype), k, feature_error, dtype)
+
+
+def _features_from(Z, k, feature_error, dtype):
+    O = polar(Z)
     B_star, U_perp = O[:, :k].T, O[:, k:].T
     theta = 2.0 * jnp.arcsin(jnp.asarray(feature_error, dtype) / 2.0)
     return B_star, jnp.cos(theta) * B_star + jnp.sin(theta) * U_perp
@@ -176,13 +195,14 @@ def make_problem(
 def _build(key, feature_error, v_star_norm, id_spectrum, ood_shift, ood_rank_scale, *,
            d, k, m, n, ood, ood_rank, dtype) -> Problem:  # fmt: skip
     kS, kF, kv, kG, kO = jax.random.split(key, 5)
-    Q = _orthonormal_columns(kS, d, m, dtype)
-    B_star, B0 = _features_at_distance(kF, d, k, feature_error, dtype)
-    u = jax.random.normal(kv, (k,), dtype)
+    # The same draws as jax.random.normal on each key, in two call sites (`_gaussians`).
+    ZS, ZF = _gaussians((kS, kF), ((d, m), (d, 2 * k)), dtype)
+    u, G = _gaussians((kv, kG), ((k,), (n, m)), dtype)
+    Q = polar(ZS)
+    B_star, B0 = _features_from(ZF, k, feature_error, dtype)
     v_star = jnp.asarray(v_star_norm, dtype) * u / jnp.linalg.norm(u)
     w_star = B_star.T @ v_star
     lam = jnp.ones((m,), dtype) if id_spectrum is None else jnp.asarray(id_spectrum, dtype)
-    G = jax.random.normal(kG, (n, m), dtype)
     L_id = Q * jnp.sqrt(lam)
     X = G @ L_id.T
     return Problem(

@@ -53,6 +53,20 @@ def test_make_problem_structure():
     assert 0 < c_S <= 1 and 0 < c_perp <= 1
 
 
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_one_call_site_draws_equal_separate_draws(dtype):
+    # make_problem draws its Gaussians in one vmapped call (`_gaussians`, one compiled
+    # random-number kernel instead of one per draw); under the default counter-based threefry
+    # each slice is bit for bit the separate jax.random.normal draw, so problems are unchanged.
+    from linfeat._generate import _gaussians
+
+    keys = tuple(jax.random.split(jax.random.key(7), 3))
+    shapes = ((13, 4), (2,), (3, 5))
+    for key, shape, z in zip(keys, shapes, _gaussians(keys, shapes, dtype)):
+        assert z.dtype == dtype
+        np.testing.assert_array_equal(z, jax.random.normal(key, shape, dtype))
+
+
 def test_make_problem_vmaps_over_key_and_knobs():
     keys = jax.random.split(jax.random.key(3), 4)
     eps = jnp.array([0.0, 0.01, 0.1, 1.0])
