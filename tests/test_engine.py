@@ -21,11 +21,14 @@ def _batch(n_lanes, *, n, seed=0, d=40, k=3, m=6):
 
 
 @pytest.mark.parametrize("square", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_vmap_fine_tune_equals_fine_tune_batch(square):
+def test_vmap_fine_tune_equals_fine_tune_batch(square, monkeypatch):
     # The natural path and the batch driver are the same per-instance computation at their
     # defaults: same statuses, same final state to rounding (32 problems, n = m and n = 2m).
+    from linfeat import _flow
+
     probs, v0s = _batch(32, n=6 if square else 12)
-    natural = jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, v0s)
+    run = lambda: jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, v0s)  # noqa: E731
+    natural = run()
     batch = lf.fine_tune_batch(probs, v0s, batch_size=12)  # 3 chunks, the last one padded
     np.testing.assert_array_equal(np.asarray(natural.status), batch.status)
     np.testing.assert_array_equal(np.asarray(natural.num_steps), batch.num_steps)
@@ -41,48 +44,47 @@ def test_vmap_fine_tune_equals_fine_tune_batch(square):
     np.testing.assert_allclose(
         natural.metrics.ood_error, batch.metrics.ood_error, rtol=1e-10, atol=1e-14
     )
-
-
-def test_vmapped_fine_tune_over_many_lanes_runs_in_chunks(monkeypatch):
-    # jax.vmap(fine_tune) over more than VMAP_CHUNK lanes runs the per-lane pipeline in
+    # Over more than VMAP_CHUNK lanes, jax.vmap(fine_tune) runs the per-lane pipeline in
     # chunks (lax.map, the last chunk padded): lane by lane the same numbers as one vmap.
-    from linfeat import _flow
-
-    probs, v0s = _batch(10, n=12)
-    run = lambda: jax.jit(jax.vmap(lambda p, v: lf.fine_tune(p, v, check=False)))(probs, v0s)  # noqa: E731
-    monkeypatch.setattr(_flow, "VMAP_CHUNK", 4)  # 3 chunks of 4, two padded lanes
+    monkeypatch.setattr(_flow, "VMAP_CHUNK", 12)  # 3 chunks of 12, four padded lanes
+    mapped = []
+    lax_map = jax.lax.map
+    monkeypatch.setattr(jax.lax, "map", lambda f, xs: mapped.append(1) or lax_map(f, xs))
     chunked = run()
-    monkeypatch.setattr(_flow, "VMAP_CHUNK", 10**9)
-    whole = run()
-    np.testing.assert_array_equal(chunked.status, whole.status)
-    np.testing.assert_array_equal(chunked.num_steps, whole.num_steps)
-    # Chunks of 4 and one batch of 10 are vectorised differently, so rounding differs; the
+    assert mapped, "the chunked path was not taken"
+    np.testing.assert_array_equal(chunked.status, natural.status)
+    np.testing.assert_array_equal(chunked.num_steps, natural.num_steps)
+    # Chunks of 12 and one batch of 32 are vectorised differently, so rounding differs; the
     # step sizes follow error estimates (differences of nearly equal stage values) and the
-    # stop time moved by 7e-8 relative, while the converged state agrees to rounding, as in
-    # test_vmap_fine_tune_equals_fine_tune_batch.
-    np.testing.assert_allclose(chunked.t_final, whole.t_final, rtol=1e-6)
-    np.testing.assert_allclose(chunked.v_final, whole.v_final, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(chunked.B_final, whole.B_final, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(chunked.metrics.ood_error, whole.metrics.ood_error, rtol=1e-10)
+    # stop time moved by up to 7e-8 relative, while the converged state agrees to rounding.
+    np.testing.assert_allclose(chunked.t_final, natural.t_final, rtol=1e-6)
+    np.testing.assert_allclose(chunked.v_final, natural.v_final, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked.B_final, natural.B_final, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(chunked.metrics.ood_error, natural.metrics.ood_error, rtol=1e-10)
 
 
 def test_batch_returns_numpy_for_any_number_of_chunks():
-    # One chunk of 5 lanes, then 10 lanes in two chunks of 5: one compiled program.
-    probs, v0s = _batch(10, n=12)
-    first = jax.tree.map(lambda x: x[:5], (probs, v0s))
-    one = lf.fine_tune_batch(*first, batch_size=5, with_metrics=False)
-    many = lf.fine_tune_batch(probs, v0s, batch_size=5, with_metrics=False)
+    # One chunk of 12 lanes, then 32 lanes in three chunks of 12: the compiled program of
+    # test_vmap_fine_tune_equals_fine_tune_batch (same shapes and settings).
+    probs, v0s = _batch(32, n=6)
+    part = lambda a, b: jax.tree.map(lambda x: x[a:b], (probs, v0s))  # noqa: E731
+    one = lf.fine_tune_batch(*part(0, 12), batch_size=12)
+    many = lf.fine_tune_batch(probs, v0s, batch_size=12)
     for tr in (one, many):
         assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tr))
     # Several chunks are solved in stiffness order (`lane_order`, here not the given order)
-    # and returned in the caller's order: lane by lane equal to the single-chunk calls.
-    spans, size = bt.chunks(10, 5)
-    assert not np.array_equal(bt.lane_order(probs.X, spans, size), np.arange(10))
-    second = jax.tree.map(lambda x: x[5:], (probs, v0s))
-    two = lf.fine_tune_batch(*second, batch_size=5, with_metrics=False)
+    # and returned in the caller's order: lane by lane equal to calls on parts of the batch.
+    spans, size = bt.chunks(32, 12)
+    assert not np.array_equal(bt.lane_order(probs.X, spans, size), np.arange(32))
+    rest = lf.fine_tune_batch(*part(12, 32), batch_size=12)
     for name in ("v_final", "A_final", "t_final", "num_steps", "status"):
-        got, want = getattr(many, name), np.concatenate([getattr(one, name), getattr(two, name)])
+        got, want = getattr(many, name), np.concatenate([getattr(one, name), getattr(rest, name)])
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(
+        many.metrics.ood_error,
+        np.concatenate([one.metrics.ood_error, rest.metrics.ood_error]),
+        rtol=1e-12,
+    )
 
 
 def test_log_condition_estimate_is_exact_on_diagonal_gram():
@@ -95,15 +97,17 @@ def test_log_condition_estimate_is_exact_on_diagonal_gram():
 
 
 def test_metrics_outputs_never_return_coordinates_as_B():
-    probs, v0s = jax.tree.map(lambda x: x[:5], _batch(10, n=12))  # the shapes of the test above
-    tr = lf.fine_tune_batch(probs, v0s, batch_size=5, outputs="metrics", with_metrics=False)
+    # the shapes and settings of the tests above (one compiled program for outputs="full")
+    probs, v0s = jax.tree.map(lambda x: x[:12], _batch(32, n=6))
+    tr = lf.fine_tune_batch(probs, v0s, batch_size=12, outputs="metrics")
     assert tr.A is None and tr.basis is None
     with pytest.raises(ValueError, match="outputs='full'"):
         tr.B_final
     with pytest.raises(ValueError, match="outputs='full'"):
         tr.B
-    full = lf.fine_tune_batch(probs, v0s, batch_size=5, with_metrics=False)
-    assert full.B_final.shape == (5, 3, 40) and full.B.shape == (5, 64, 3, 40)
+    full = lf.fine_tune_batch(probs, v0s, batch_size=12)
+    assert full.B_final.shape == (12, 3, 40) and full.B.shape == (12, 64, 3, 40)
+    np.testing.assert_array_equal(tr.metrics.ood_error, full.metrics.ood_error)
 
 
 @pytest.mark.slow  # the default suite compares with SciPy (tests/test_flow.py)
