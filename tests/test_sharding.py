@@ -44,7 +44,8 @@ CODE = textwrap.dedent(
 
 
 def test_four_devices_equal_one():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())  # keeps conftest.py's compile flags
     proc = subprocess.run(
         [sys.executable, "-c", CODE], capture_output=True, text=True, env=env, timeout=600
     )
