@@ -141,6 +141,7 @@ def _prepare(problem: Problem, v0):
     c = T.problem_constants(problem, v0)
     k = problem.B0.shape[-2]
     v_lp = linear_probe(problem, v0)
+    v_lp0 = linear_probe(problem)
     e_lp = problem.B0.T @ v_lp - problem.w_star
     e_lp_S = project_S(problem, e_lp)
     r7_err, r7_ood = T.r7_bounds(problem)
@@ -166,8 +167,10 @@ def _prepare(problem: Problem, v0):
         lp_err_S=jnp.linalg.norm(e_lp_S),
         lp_ood=ood_error(problem, v_lp, problem.B0),
         lp_to_astar=jnp.linalg.norm(v_lp - c.a_star),
-        v_lp0=linear_probe(problem),
+        a_star=c.a_star,
+        v_lp0=v_lp0,
         grad_tol=_grad_tol(problem, v0),
+        grad_tol_lp=_grad_tol(problem, v_lp0),  # LP-FT's FT stage starts from v_lp0
     )
 
 
@@ -285,7 +288,7 @@ def collect(cfg: Config, seed: int, progress=None) -> dict:
         prep = _run_chunked("prepare", cfg.chunk, problems, v0)
         ft = _run_chunked("flow", cfg.chunk, problems, v0, jnp.asarray(prep["grad_tol"]))
         v_lp0 = jnp.asarray(prep.pop("v_lp0"))
-        gt_lpft = jax.vmap(_grad_tol)(problems, v_lp0)
+        gt_lpft = jnp.asarray(prep.pop("grad_tol_lp"))
         lpft = _run_chunked("flow", cfg.chunk, problems, v_lp0, gt_lpft)
         e_final = ft.pop("e_final")
         lpft.pop("e_final")
@@ -1410,8 +1413,9 @@ def _extra_lp_flow(cfg: Config, data):
     zero = np.flatnonzero(meta["eps_knob"][:n0] == 0.0)
     p = jax.tree.map(lambda x: x[zero], problems)
     v = v0[zero]
-    rec = _run_chunked("lp_flow", cfg.chunk, p, v, jax.vmap(_grad_tol)(p, v))
-    a_star = np.asarray(jax.vmap(lambda q: T.problem_constants(q, q.v_star).a_star)(p))
+    # a* and the threshold come from the group's `_prepare` (same problems and heads)
+    rec = _run_chunked("lp_flow", cfg.chunk, p, v, jnp.asarray(prep["grad_tol"][zero]))
+    a_star = prep["a_star"][zero]
     dist = np.linalg.norm(rec["v_final"] - a_star, axis=1) / (1.0 + prep["a"][zero])
     return dict(dist=dist, nonconverged=int(np.sum(rec["status"] != 0)))
 
