@@ -27,7 +27,7 @@ def _gaussians(keys, shapes, dtype) -> list[Float[Array, "..."]]:
     """`jax.random.normal(key, shape, dtype)` for each (key, shape), from one vectorised draw.
 
     Why: XLA:CPU compiles every random-number call site separately, at ~0.7 s each (threefry
-    is unrolled into one large kernel), and `make_problem` drew five Gaussians: most of its
+    is unrolled into one large kernel), and `make_problem` drew four Gaussians: most of its
     compile time. One `vmap`-ed draw of the longest length, sliced, is one call site. Under
     JAX's default counter-based threefry (`jax_threefry_partitionable`, the default since
     JAX 0.5) element i of a draw depends only on (key, i), so each slice equals the separate
