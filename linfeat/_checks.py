@@ -287,7 +287,9 @@ def collect(cfg: Config, seed: int, progress=None) -> dict:
         problems, v0, meta = _sample_group(key, g, cfg)
         prep = _run_chunked("prepare", cfg.chunk, problems, v0)
         ft = _run_chunked("flow", cfg.chunk, problems, v0, jnp.asarray(prep["grad_tol"]))
-        v_lp0 = jnp.asarray(prep.pop("v_lp0"))
+        # per-instance vectors (k-sized: v_lp0, a_star) differ between groups: kept per group
+        vectors = {name: prep.pop(name) for name in [n for n, x in prep.items() if x.ndim > 1]}
+        v_lp0 = jnp.asarray(vectors["v_lp0"])
         gt_lpft = jnp.asarray(prep.pop("grad_tol_lp"))
         lpft = _run_chunked("flow", cfg.chunk, problems, v_lp0, gt_lpft)
         e_final = ft.pop("e_final")
@@ -296,7 +298,7 @@ def collect(cfg: Config, seed: int, progress=None) -> dict:
         start = sum(len(p["meta"]["d"]) for p in parts)
         parts.append(dict(meta=meta, prep=prep, ft=ft, lpft=lpft))
         if first is None:
-            first = (problems, v0, prep, e_final)
+            first = (problems, v0, prep, e_final, vectors)
         parts[-1]["mc"] = {**_mc_inputs(problems, e_final, cfg.mc_instances), "start": start}
         if progress is not None:
             progress.update(1)
@@ -1407,7 +1409,7 @@ def _extra_full(cfg: Config, seed: int):
 
 
 def _extra_lp_flow(cfg: Config, data):
-    problems, v0, prep, _ = data["first_group"]
+    problems, v0, prep, _, vectors = data["first_group"]
     meta = data["meta"]
     n0 = len(prep["a"])
     zero = np.flatnonzero(meta["eps_knob"][:n0] == 0.0)
@@ -1415,7 +1417,7 @@ def _extra_lp_flow(cfg: Config, data):
     v = v0[zero]
     # a* and the threshold come from the group's `_prepare` (same problems and heads)
     rec = _run_chunked("lp_flow", cfg.chunk, p, v, jnp.asarray(prep["grad_tol"][zero]))
-    a_star = prep["a_star"][zero]
+    a_star = vectors["a_star"][zero]
     dist = np.linalg.norm(rec["v_final"] - a_star, axis=1) / (1.0 + prep["a"][zero])
     return dict(dist=dist, nonconverged=int(np.sum(rec["status"] != 0)))
 

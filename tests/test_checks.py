@@ -22,7 +22,9 @@ from linfeat import theory
 
 TINY = C.Config(
     name="tiny",
-    groups=(C.Group(10, 1, 4, reps=1),),
+    # two groups with different k: their records are concatenated (per-instance vectors,
+    # k long, are kept per group; a k-vector among the concatenated fields broke --quick)
+    groups=(C.Group(10, 1, 4, reps=1), C.Group(10, 2, 4, reps=1)),
     full_mode=C.Group(10, 1, 4, reps=1),
     mc_samples=4000,
     mc_instances=8,
