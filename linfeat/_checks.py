@@ -1188,13 +1188,18 @@ def check_r9(data, extra) -> CheckResult:
             _max(ft_S[conv]),
             strict_convergence=True,
         ),
+        # "Misfits" is measured against the resolution at which the row above calls FT's
+        # misfit zero (TOL["fit"]), not against a multiple of FT's own value: that value is
+        # the solver's global error at the stop (1e-9 to 1e-7 here), and it moved by 2x
+        # between two builds with identical step counts, so "1e3 x FT's" put the threshold
+        # at a rounding-dependent place (docs/theory.md, R9).
         Sub(
-            "eps > 0 (generic w* not in rowspace B0): LP misfits S, ||Pi_S e_lp|| > 1e3 * FT's",
+            "eps > 0 (generic w* not in rowspace B0): LP misfits S at the resolution of FT's fit",
             "[paper]",
             RIGOROUS,
-            "||Pi_S e_lp|| > max(1e3 ||Pi_S e_ft||, 1e-12)",
+            f"||Pi_S e_lp|| / (1 + a) > {TOL['fit']:g}",
             int(pos.sum()),
-            int(np.sum(pos & ~(lp_S > np.maximum(1e3 * ft_S, 1e-12)))),
+            int(np.sum(pos & ~(lp_S > TOL["fit"]))),
             int(np.sum(~conv & pos)),
             "min ||Pi_S e_lp|| / (1+a)",
             _min(lp_S[pos]),
@@ -1282,13 +1287,16 @@ def check_r12(data, extra) -> CheckResult:
             _max(ft_in[inside & conv]),
             strict_convergence=True,
         ),
+        # nonzero at the resolution at which the row above calls FT's zero (see check_r9:
+        # FT's value is the solver's error at the stop; "1e3 x FT's" failed one instance of
+        # 162 after a rounding-level change, 967x against 1927x before)
         Sub(
-            "(a) Sigma = Pi_S, eps > 0: LP has L_ood > 0 (and above FT's)",
+            "(a) Sigma = Pi_S, eps > 0: LP has L_ood > 0 at the resolution of FT's zero",
             "[derived]",
             RIGOROUS,
-            "sqrt(L_ood(LP)) / (1 + a) > max(1e3 FT's, 1e-12)",
+            f"sqrt(L_ood(LP)) / (1 + a) > {TOL['fit']:g}",
             int(pos.sum()),
-            int(np.sum(pos & ~(lp_in > np.maximum(1e3 * ft_in, 1e-12)))),
+            int(np.sum(pos & ~(lp_in > TOL["fit"]))),
             0,
             "min",
             _min(lp_in[pos]),
