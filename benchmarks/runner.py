@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--devices",
         type=int,
         default=1,
-        help="host CPU devices (default 1); N > 1 adds a `fine_tune_batch(mesh=batch_mesh())` "
+        help="host CPU devices (default 1); N > 1 adds a `fine_tune_batch(devices=N)` "
         "row on `small` (the memory sweep's child always uses one device per core)",
     )
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")

@@ -266,7 +266,7 @@ def save_workload(path: Path, probs, v0s, kw: dict, b: int) -> None:
     """The first b problems of a workload as flat arrays for `benchmarks/previous.py`."""
     flat = {}
     for name, x in probs._asdict().items():
-        if isinstance(x, lf.SubspaceCov):
+        if hasattr(x, "_asdict"):  # a structured second moment (lf.subspace_cov)
             flat.update({f"{name}.{f}": np.asarray(y[:b]) for f, y in x._asdict().items()})
         elif x is not None:
             flat[name] = np.asarray(x[:b])
@@ -379,11 +379,11 @@ def section_natural_vs_batch(res, cfg: Config):
                         )  # fmt: skip
                     del tr
             if name == "small" and b == batches[-1] and len(jax.devices()) > 1:
-                mesh = lf.batch_mesh()
-                tr, t = timed(lambda: lf.fine_tune_batch(probs, v0s, mesh=mesh), second=two)
+                ndev = len(jax.devices())
+                tr, t = timed(lambda: lf.fine_tune_batch(probs, v0s, devices=ndev), second=two)
                 steps = np.asarray(tr.num_steps)
                 row = dict(
-                    workload=name, batch=b, path=f"batch, {mesh.size} devices", with_metrics=True,
+                    workload=name, batch=b, path=f"batch, {ndev} devices", with_metrics=True,
                     **t, traj_per_s=b / t["run_s"], steps_mean=float(steps.mean()),
                     steps_max=int(steps.max()), **status_fractions(tr.status),
                 )  # fmt: skip
@@ -733,7 +733,7 @@ def section_dscaling(res, cfg: Config):
 
 def memory_sweep(n: int, batch_size: int, d: int = 200, m: int = 20) -> dict:
     """n `small` instances built and solved chunk by chunk by `lf.sweep` (fresh process)."""
-    mesh = lf.batch_mesh() if len(jax.devices()) > 1 else None
+    devices = len(jax.devices()) if len(jax.devices()) > 1 else None
 
     def instance(key):
         p = lf.make_problem(key, d=d, k=K, m=m, n=m, feature_error=0.5)
@@ -741,11 +741,11 @@ def memory_sweep(n: int, batch_size: int, d: int = 200, m: int = 20) -> dict:
 
     keys = jax.random.split(jax.random.key(5), n)
     tr = lf.sweep(instance, keys, batch_size=batch_size, progress=False, outputs="metrics",
-                  mesh=mesh)  # fmt: skip
+                  devices=devices)  # fmt: skip
     return dict(
         n=n,
         batch_size=batch_size,
-        devices=1 if mesh is None else mesh.size,
+        devices=1 if devices is None else devices,
         outputs="metrics",
         with_metrics=tr.metrics is not None,
         steps_mean=float(np.mean(tr.num_steps)),

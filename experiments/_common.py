@@ -12,11 +12,8 @@ same dimensions and chunk size shares one compilation (about 5 s of CPU each).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import linfeat as lf
-from linfeat._cov import SubspaceCov
+from linfeat._io import atomic_path, atomic_savez, atomic_write_text  # noqa: F401 (re-exported)
 
 # Colours and labels shared by every figure (one look for the whole set).
 COLORS = {
@@ -57,9 +54,7 @@ def _maker(d: int, k: int, m: int, n: int):
         # OOD second moment a Pi_S + b Pi_perp: "isotropic" is (1, 1), "inside" (1, 0),
         # "perp" (0, 1), the mixture (1 - rho, rho); one generator (one compile) for all.
         dtype = p.X.dtype
-        cov = SubspaceCov(
-            jnp.asarray(scale_S, dtype), jnp.asarray(scale_perp, dtype), jnp.zeros((d, 0), dtype)
-        )
+        cov = lf.subspace_cov(d, scale_S=scale_S, scale_perp=scale_perp, dtype=dtype)
         return p._replace(ood_cov=cov)
 
     return jax.jit(jax.vmap(make))
@@ -119,18 +114,14 @@ def solve(problems, heads, ts, *, chunk, method="ft", grad_tol=None, progress=No
 
 def batch_constants(problems):
     """Per-problem constants of the bounds: c_S, c_perp, kappa(X), eps, a*, ||v*||."""
-    c_S, c_perp = jax.vmap(lf.principal_constants)(problems)
-    from linfeat import _theory as T
-
-    kap = jax.vmap(T.kappa)(problems.X)
-    eps = jax.vmap(lf.pretrained_feature_error)(problems)
-    a_star = jax.vmap(lf.aligned_head)(problems)
+    zeros = jnp.zeros(problems.B0.shape[:-1], problems.B0.dtype)  # phi is not used here
+    c = jax.vmap(lf.theory.problem_constants)(problems, zeros)
     return {
-        "c_S": np.asarray(c_S),
-        "c_perp": np.asarray(c_perp),
-        "kappa": np.asarray(kap),
-        "eps": np.asarray(eps),
-        "a_star": np.asarray(a_star),
+        "c_S": np.asarray(c.c_S),
+        "c_perp": np.asarray(c.c_perp),
+        "kappa": np.asarray(c.kappa),
+        "eps": np.asarray(c.eps),
+        "a_star": np.asarray(c.a_star),
         "a": np.asarray(jnp.linalg.norm(problems.v_star, axis=-1)),
     }
 
@@ -153,38 +144,6 @@ def nonconverged(*results) -> int:
 # ---------------------------------------------------------------------------------------
 # Files: atomic writes and per-chunk checkpoints
 # ---------------------------------------------------------------------------------------
-
-
-def atomic_savez(path: Path, arrays: dict) -> None:
-    """Writes an `.npz` atomically (temporary file + rename): a killed run leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes text atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_npz(path: Path) -> dict:
@@ -288,13 +247,10 @@ def savefig(fig, outdir: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = outdir / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=outdir, suffix=f".{ext}")
-        os.close(fd)
         # Fixed metadata keeps the PDF bytes reproducible across runs.
         meta = {"CreationDate": None} if ext == "pdf" else {"Software": None}
-        fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
+        with atomic_path(path, f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, bbox_inches="tight", metadata=meta)
         paths.append(path)
     import matplotlib.pyplot as plt
 
@@ -310,6 +266,34 @@ def fmt(x, digits=3) -> str:
     if 1e-3 <= abs(x) < 1e4:
         return f"{x:.{digits}g}"
     return f"{x:.{max(digits - 1, 1)}e}"
+
+
+def num(x, digits=2) -> str:
+    """A measured number to `digits` significant digits, trailing zeros kept.
+
+    The one format of the numbers that appear both in a figure and in README (each
+    experiment's `readme`): a fitted slope 2.0000059 is "2.00" with digits=3 in both places,
+    never "2" in one and "2.00" in the other. Fixed point for exponents -3 to digits - 1
+    (0.0071, 0.156, 231), otherwise mantissa and exponent (1.3e-9, 9.7e3).
+    """
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return f"{x:g}"
+    mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+    e = int(exponent)  # the exponent after rounding (0.0999 -> 1.0e-1)
+    if -3 <= e < digits:
+        return f"{x:.{max(digits - 1 - e, 0)}f}"
+    return f"{mantissa}e{e}"
+
+
+def count(n) -> str:
+    """An integer count with thousands separators (640,000)."""
+    return f"{int(n):,}"
+
+
+def readme_paragraph(name: str, text: str) -> str:
+    """README's paragraph for experiment `name`: the bold name, the text, then the figure."""
+    return f"**{name}** — {text}\n![{name}](figures/{name}.png)\n"
 
 
 def to_json(obj) -> str:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import linfeat as lf
-from linfeat import _theory as T
+from linfeat import theory as T
 
 from . import _common as C
 
@@ -83,8 +83,8 @@ def _counterexample():
         X=X, Y=X @ (5.0 * b0[0]), B0=b0, B_star=b0, v_star=np.array([5.0]), ood_cov=np.eye(4)
     )
     tr = lf.fine_tune(p, jnp.array([4.9]), check=False)
-    c_S, c_perp = lf.principal_constants(p)
-    phi = lf.head_alignment_error(p, jnp.array([4.9]))
+    const = lf.theory.problem_constants(p, jnp.array([4.9]))
+    c_perp, phi = const.c_perp, const.phi
     return {
         "ce_min_sqrt": np.sqrt(np.min(np.asarray(tr.metrics.ood_error))),
         "ce_t0_sqrt": np.sqrt(np.asarray(tr.metrics.ood_error[0])),
@@ -147,9 +147,48 @@ def compute(config, checkpoint=None):
     return out
 
 
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    return {
+        "runs": int(r["phi"].size),
+        "printed_violations": int(r["printed_violations"]),
+        "rigorous_violations": int(r["rigorous_violations"]),
+        "min_ratio_printed": float(r["min_ratio_printed"]),
+        "min_ratio_rigorous": float(r["min_ratio_rigorous"]),
+        # docs/theory.md's counterexample: min_t sqrt(L_ood) over the printed bound.
+        "ce_ratio": float(r["ce_min_sqrt"] / r["ce_printed"]),
+        "nonconverged": int(r["nonconverged"]),
+    }
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    if f["rigorous_violations"] == 0:
+        rigorous = f"the rigorous bound never is (ratio ≥ {C.num(f['min_ratio_rigorous'], 3)})"
+    else:
+        rigorous = (
+            f"the rigorous bound is violated in {f['rigorous_violations']} runs (ratio down to "
+            f"{C.num(f['min_ratio_rigorous'], 3)})"
+        )
+    printed = (
+        f"is violated in {C.count(f['printed_violations'])} of {C.count(f['runs'])} runs (ratio "
+        f"down to {C.num(f['min_ratio_printed'], 3)}"
+        if f["printed_violations"]
+        else f"holds in all {C.count(f['runs'])} runs (ratio ≥ {C.num(f['min_ratio_printed'], 3)}"
+    )
+    text = (
+        f"FT's best OOD error over time against φ: the printed R5 constant {printed}, and "
+        f"{C.num(f['ce_ratio'], 3)} for docs/theory.md's counterexample); {rigorous}."
+    )
+    return C.readme_paragraph("ft_lower_bound", text)
+
+
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     groups = config["groups"]
     fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.2 * (len(groups) + 1), 3.9))
     for ax, group in zip(axes, groups):
@@ -235,7 +274,7 @@ def plot(results, config, outdir):
         "*",
         ms=12,
         color="#ff7f0e",
-        label=f"counterexample (ratio {C.fmt(r['ce_min_sqrt'] / r['ce_printed'], 3)})",
+        label=f"counterexample (ratio {C.num(f['ce_ratio'], 3)})",
     )
     posr = r["rigorous"] > 0
     ax.plot(
@@ -252,14 +291,14 @@ def plot(results, config, outdir):
     ax.set_xlabel("$\\varphi$")
     ax.set_ylabel("measured / bound")
     ax.set_title(
-        f"(R5) printed: min ratio {C.fmt(r['min_ratio_printed'], 3)}; "
-        f"rigorous: {C.fmt(r['min_ratio_rigorous'], 3)}"
+        f"(R5) printed: min ratio {C.num(f['min_ratio_printed'], 3)}; "
+        f"rigorous: {C.num(f['min_ratio_rigorous'], 3)}"
     )
     ax.legend(fontsize=6.3, loc="upper right")
     fig.suptitle(
-        f"ft_lower_bound: {int(r['printed_violations'])} printed-bound violations, "
-        f"{int(r['rigorous_violations'])} rigorous-bound violations among {r['phi'].size} FT runs "
-        f"(min over {C.NUM_SAVE} saved times); non-converged {int(r['nonconverged'])}",
+        f"ft_lower_bound: {f['printed_violations']} printed-bound violations, "
+        f"{f['rigorous_violations']} rigorous-bound violations among {f['runs']} FT runs "
+        f"(min over {C.NUM_SAVE} saved times); non-converged {f['nonconverged']}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -172,9 +172,41 @@ def compute(config, checkpoint=None):
     return out
 
 
+_FROZEN = ("gd", "sgd", "momentum")  # the optimisers whose updates are combinations of gradients
+
+
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    return {
+        "order_gd": float(r["order_gd"]),
+        "order_sgd": float(r["order_sgd"]),
+        "eta_min": float(np.min(r["eta"])),
+        "eta_max": float(np.max(r["eta"])),
+        "max_perp": {name: float(r[f"max_perp_{name}"]) for name in (*_FROZEN, "adam")},
+        "max_perp_frozen": float(max(r[f"max_perp_{name}"] for name in _FROZEN)),
+        "problems": int(config["problems"]),
+        "nonconverged": int(r["nonconverged"]),
+    }
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    text = (
+        f"GD (optax) converges to the flow at fitted order {C.num(f['order_gd'], 3)} in η "
+        f"(forward Euler: first order; η from {C.num(f['eta_min'])} to {C.num(f['eta_max'])}), "
+        f"SGD more slowly (order {C.num(f['order_sgd'], 3)}); GD, SGD and momentum keep S⊥ "
+        f"features frozen to {C.num(f['max_perp_frozen'])}, Adam moves them by "
+        f"{C.num(f['max_perp']['adam'])}."
+    )
+    return C.readme_paragraph("gd_vs_flow", text)
+
+
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     eta = r["eta"]
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0))
     ax = axes[0]
@@ -184,7 +216,7 @@ def plot(results, config, outdir):
         r["gd_dv"].T,
         color="#d62728",
         marker="o",
-        label=f"GD: $\\max_t\\|v_{{gd}} - v_{{flow}}\\|$ (order {C.fmt(r['order_gd'], 2)})",
+        label=f"GD: $\\max_t\\|v_{{gd}} - v_{{flow}}\\|$ (order {C.num(f['order_gd'], 3)})",
     )
     C.band(
         ax,
@@ -202,7 +234,7 @@ def plot(results, config, outdir):
         color="#9467bd",
         marker="o",
         label=f"SGD (b = {config['batch_size']}): $\\max_t\\|v - v_{{flow}}\\|$ "
-        f"(order {C.fmt(r['order_sgd'], 2)})",
+        f"(order {C.num(f['order_sgd'], 3)})",
     )
     e0 = eta[-1]
     g0 = np.median(r["gd_dv"][-1])
@@ -232,7 +264,7 @@ def plot(results, config, outdir):
             steps[1:],
             np.maximum(r[f"{key}_perp"][:, 1:], floor),
             color=col,
-            label=f"{label}: max {C.fmt(r[f'max_perp_{key}'], 2)}",
+            label=f"{label}: max {C.num(f['max_perp'][key])}",
         )
     ax.axhline(1e-12, color=C.COLORS["bound"], ls=":", lw=1, label="R1: 0 (1e-12 drawn)")
     ax.set_xscale("log")

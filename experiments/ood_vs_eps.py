@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 import linfeat as lf
-from linfeat import _theory as T
+from linfeat import theory as T
 
 from . import _common as C
 
@@ -64,7 +64,7 @@ def compute(config, checkpoint=None):
     out["eps"] = np.asarray(config["eps"])
     out["nonconverged"] = np.array(int(np.sum(out["status"] != 0)))
     # Fitted log-log slopes over the smallest half of the eps grid (medians over seeds).
-    half = len(config["eps"]) // 2 + 1
+    half = _fit_size(out["eps"])
     le = np.log10(out["eps"][:half])
     for key in ("lp", "lpft_final", "ft_min"):
         med = np.median(out[key][:half], axis=1)
@@ -77,18 +77,96 @@ def compute(config, checkpoint=None):
     return out
 
 
-def _rise_ok(r, tol=1e-6):
-    """(largest eps up to which LP-FT never rises above its t = 0 error by > tol, that rise)."""
+def _fit_size(eps):
+    """Number of grid points (the smallest eps) the log-log slopes are fitted on."""
+    return len(eps) // 2 + 1
+
+
+RISE_TOL = 1e-6  # a rise of LP-FT's OOD error above its t = 0 value smaller than this is none
+
+
+def r13_rise(r, tol=RISE_TOL) -> dict:
+    """R13 (observation): where LP-FT's OOD error rises above its t = 0 (LP) value.
+
+    `eps_ok`: the largest eps up to which (every grid eps <= it) no seed rises by more than
+    `tol` (NaN if the smallest already does), `rise_ok` the largest rise there; `max_rise`, the
+    largest rise over all eps and seeds, at `eps_at_max`, where `seeds_rising` seeds rise by
+    more than `tol`.
+    """
     rise = r["lpft_rise_by_eps"]
     ok = np.cumprod(rise <= tol).astype(bool)
-    if not ok.any():
-        return float("nan"), float("nan")
-    return float(r["eps"][ok][-1]), float(rise[ok].max())
+    at = int(np.argmax(rise))
+    return {
+        "eps_ok": float(r["eps"][ok][-1]) if ok.any() else float("nan"),
+        "rise_ok": float(rise[ok].max()) if ok.any() else float("nan"),
+        "all_ok": bool(ok.all()),
+        "max_rise": float(rise[at]),
+        "eps_at_max": float(r["eps"][at]),
+        "seeds_rising": int(np.sum(r["lpft_max_rise"][at] > tol)),
+        "seeds": int(r["lpft_max_rise"].shape[1]),
+        "tol": tol,
+    }
+
+
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    eps = r["eps"]
+    return {
+        "seeds": int(r["lp"].shape[1]),
+        "instances": int(r["lp"].size),
+        "slope_lp": float(r["slope_lp"]),
+        "slope_lpft": float(r["slope_lpft_final"]),
+        "slope_ft_min": float(r["slope_ft_min"]),
+        "fit_eps_max": float(eps[: _fit_size(eps)][-1]),
+        "r7_violations": int(r["r7_violations"]),
+        "r5_violations": int(r["r5_violations"]),
+        # R8: median over seeds of LP / min_t FT at the smallest eps.
+        "eps_min": float(eps[0]),
+        "ratio_at_eps_min": float(np.median(r["lp"][0] / r["ft_min"][0])),
+        "r13": r13_rise(r),
+        "nonconverged": int(r["nonconverged"]),
+    }
+
+
+def r13_sentence(rr: dict) -> str:
+    """The R13 observation in words (README and the figure's title)."""
+    tol = C.num(rr["tol"], 1)
+    if rr["all_ok"]:
+        return f"LP-FT's OOD error never rises above its t = 0 value (by more than {tol}) at any ε"
+    head = (
+        f"LP-FT's OOD error never rises above its t = 0 value (by more than {tol}) for "
+        f"ε ≤ {C.num(rr['eps_ok'])}; its largest rise"
+        if np.isfinite(rr["eps_ok"])
+        else "LP-FT's OOD error rises above its t = 0 value already at the smallest ε; its "
+        "largest rise"
+    )
+    return (
+        f"{head}, {C.num(rr['max_rise'])}, is at ε = {C.num(rr['eps_at_max'])} (where "
+        f"{rr['seeds_rising']} of {rr['seeds']} seeds rise by more than {tol})"
+    )
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    text = (
+        f"LP and LP-FT OOD errors scale as ε² (fitted log-log slopes {C.num(f['slope_lp'], 3)} "
+        f"and {C.num(f['slope_lpft'], 3)}, medians over {C.count(f['seeds'])} seeds for "
+        f"ε ≤ {C.num(f['fit_eps_max'])}) under the R7 upper bound ({f['r7_violations']} "
+        f"violations in {C.count(f['instances'])} instances); FT's best error over time stays "
+        f"O(1) (slope {C.num(f['slope_ft_min'])}) above the R5 lower bound "
+        f"({f['r5_violations']} violations), so LP/FT → 0 as ε → 0 (R8: median ratio "
+        f"{C.num(f['ratio_at_eps_min'])} at ε = {C.num(f['eps_min'])}). "
+        f"R13 is an observation: {r13_sentence(f['r13'])}."
+    )
+    return C.readme_paragraph("ood_vs_eps", text)
 
 
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     eps = r["eps"]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), gridspec_kw=dict(width_ratios=[1.5, 1]))
     ax = axes[0]
@@ -98,7 +176,7 @@ def plot(results, config, outdir):
         r["lp"].T,
         color=C.COLORS["LP"],
         marker="o",
-        label=f"LP (slope {C.fmt(r['slope_lp'], 2)})",
+        label=f"LP (slope {C.num(f['slope_lp'], 3)})",
     )
     C.band(ax, eps, r["ft_final"].T, color=C.COLORS["FT"], marker="o", label="FT, $t \\to \\infty$")
     C.band(
@@ -117,7 +195,7 @@ def plot(results, config, outdir):
         r["lpft_final"].T,
         color=C.COLORS["LP-FT"],
         marker="s",
-        label=f"LP-FT (slope {C.fmt(r['slope_lpft_final'], 2)})",
+        label=f"LP-FT (slope {C.num(f['slope_lpft'], 3)})",
     )
     ax.plot(
         eps,
@@ -171,13 +249,10 @@ def plot(results, config, outdir):
     ax.set_ylabel("OOD error ratio")
     ax.set_title("(b) R8: ratio $\\to 0$ as $\\varepsilon \\to 0$")
     ax.legend(loc="upper left", fontsize=6.8)
-    eps_ok, rise = _rise_ok(r)
     fig.suptitle(
-        f"ood_vs_eps: {config['seeds']} seeds per $\\varepsilon$, median and 5-95% band; "
-        f"R7 violations {int(r['r7_violations'])}, R5 violations {int(r['r5_violations'])}, "
-        f"non-converged {int(r['nonconverged'])}\nR13 (observation): LP-FT's largest rise above "
-        f"its t = 0 error is {C.fmt(rise, 2)} for $\\varepsilon \\leq$ {C.fmt(eps_ok, 2)}; "
-        f"{C.fmt(r['lpft_rise_by_eps'].max(), 2)} at most over all $\\varepsilon$",
+        f"ood_vs_eps: {f['seeds']} seeds per $\\varepsilon$, median and 5-95% band; "
+        f"R7 violations {f['r7_violations']}, R5 violations {f['r5_violations']}, "
+        f"non-converged {f['nonconverged']}\nR13 (observation): {r13_sentence(f['r13'])}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import linfeat as lf
-from linfeat import _theory as T
+from linfeat import theory as T
 
 from . import _common as C
 
@@ -25,15 +25,18 @@ CONFIGS = {
 }
 
 
+MC_SE = 3  # an empirical probability above its bound by more than MC_SE standard errors fails
+
+
 def compute(config, checkpoint=None):
     ckpt = checkpoint or C.Checkpoint()
     dims, nb, npb = config["dims"], config["batches"], config["per_batch"]
     kP, kS = jax.random.split(jax.random.PRNGKey(config["seed"]))
 
     def run():
-        # One random problem per batch; its aligned head a* = U v* (lf.aligned_head).
+        # One random problem per batch; its aligned head a* = U v* (init_head 'aligned').
         P = C.make_problems(kP, nb, dims=dims, chunk=config["chunk"], a=config["a"])
-        a_star = jax.vmap(lf.aligned_head)(P)
+        a_star = jax.vmap(lambda q: lf.init_head(q, "aligned"))(P)
         sig_all = np.asarray(config["sigmas_cdf"] + config["sigmas"])
         keys = jax.random.split(kS, nb * sig_all.size).reshape(nb, sig_all.size, -1)
 
@@ -63,22 +66,59 @@ def compute(config, checkpoint=None):
     out["bound_cdf"] = bound_cdf
     sig = np.asarray(config["sigmas"])
     out["bound_p_small"] = np.minimum(2 * np.exp(-(a**2) / (4 * sig**2)), 1.0)
-    # Checks: the pooled empirical CDF never exceeds the bound (allowing MC noise of 3 SE).
+    # Checks: the pooled empirical CDF never exceeds the bound (allowing MC noise of MC_SE SE).
     pooled = out["cdf"].mean(axis=0)
     n = config["batches"] * config["per_batch"]
     se = np.sqrt(np.maximum(pooled * (1 - pooled), 1.0 / n) / n)
-    out["cdf_violations"] = np.array(int(np.sum(pooled > bound_cdf + 3 * se)))
+    out["cdf_violations"] = np.array(int(np.sum(pooled > bound_cdf + MC_SE * se)))
     pooled_p = out["p_small"].mean(axis=0)
     se_p = np.sqrt(np.maximum(pooled_p * (1 - pooled_p), 1.0 / n) / n)
-    out["p_small_violations"] = np.array(int(np.sum(pooled_p > out["bound_p_small"] + 3 * se_p)))
+    bad = pooled_p > out["bound_p_small"] + MC_SE * se_p
+    out["p_small_violations"] = np.array(int(np.sum(bad)))
     out["min_phi_positive"] = np.array(bool(np.all(out["cdf"][..., 0] < 1)))
     out["nonconverged"] = np.array(0)  # no flows here
     return out
 
 
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    problems, num_sigmas = r["p_small"].shape
+    return {
+        "problems": int(problems),
+        "per_problem": int(config["per_batch"]),
+        "heads_per_sigma": int(problems * config["per_batch"]),
+        "mc_se": MC_SE,
+        "num_sigmas": int(num_sigmas),
+        "num_sigmas_cdf": int(r["cdf"].shape[1]),
+        "cdf_violations": int(r["cdf_violations"]),
+        "p_small_violations": int(r["p_small_violations"]),
+    }
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    total = f["cdf_violations"] + f["p_small_violations"]
+    verdict = (
+        "no violation"
+        if total == 0
+        else f"{f['cdf_violations']} + {f['p_small_violations']} violations"
+    )
+    text = (
+        f"the head alignment error φ of Gaussian heads against the R6 anti-concentration bound "
+        f"and the small-σ bound P[φ < a²/√2] ≤ 2exp(−a²/4σ²): {verdict} (beyond {f['mc_se']} "
+        f"Monte Carlo standard errors) in {C.count(f['heads_per_sigma'])} heads per σ "
+        f"({f['problems']} random problems × {C.count(f['per_problem'])} heads; "
+        f"{f['num_sigmas_cdf']} values of σ for the CDF, {f['num_sigmas']} for the small-σ bound)."
+    )
+    return C.readme_paragraph("random_head", text)
+
+
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     grid = r["grid"]
     a = config["a"]
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
@@ -103,7 +143,7 @@ def plot(results, config, outdir):
     ax.set_ylabel("$P[\\varphi \\leq x]$")
     ax.set_title(
         f"(a) R6 anti-concentration ($a = {a:g}$, k = {config['dims']['k']}); "
-        f"violations {int(r['cdf_violations'])}"
+        f"violations {f['cdf_violations']}"
     )
     ax.legend(fontsize=6.5, loc="lower right")
     ax = axes[1]
@@ -137,13 +177,12 @@ def plot(results, config, outdir):
     ax.set_ylabel("probability")
     ax.set_title(
         f"(b) R6: small heads give $\\varphi \\geq a^2/\\sqrt{{2}}$; "
-        f"violations {int(r['p_small_violations'])}"
+        f"violations {f['p_small_violations']}"
     )
     ax.legend(fontsize=6.5, loc="lower right")
-    n = config["batches"] * config["per_batch"]
     fig.suptitle(
-        f"random_head: {config['batches']} random problems x {config['per_batch']} Gaussian heads "
-        f"per $\\sigma$ ({n} in all; median and 5-95% band over problems)",
+        f"random_head: {f['problems']} random problems x {f['per_problem']} Gaussian heads "
+        f"per $\\sigma$ ({f['heads_per_sigma']} in all; median and 5-95% band over problems)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 import linfeat as lf
-from linfeat import _theory as T
+from linfeat import theory as T
 
 from . import _common as C
 
@@ -71,9 +71,49 @@ def compute(config, checkpoint=None):
     return out
 
 
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    return {
+        "seeds": int(r["ft_ood"].shape[0]),
+        "eps": config["eps"],
+        "frac_early_stop_beats_lp": float(r["frac_early_stop_beats_lp"]),
+        "median_ratio_ftmin_lp": float(r["median_ratio_ftmin_lp"]),
+        "r5_violations": int(r["r5_violations"]),
+        "lpft_max_rise": float(r["lpft_max_rise"]),
+        "nonconverged": int(r["nonconverged"]),
+    }
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    frac = f["frac_early_stop_beats_lp"]
+    below = "never below it" if frac == 0 else f"below it in {C.num(100 * frac)}% of seeds"
+    r5 = (
+        "never below the R5 bound"
+        if f["r5_violations"] == 0
+        else f"below the R5 bound at {f['r5_violations']} saved points"
+    )
+    rise = f["lpft_max_rise"]
+    lpft = (
+        "LP-FT's OOD error never rises above its t = 0 value, LP's error (R13; largest rise 0)"
+        if rise <= 0
+        else f"LP-FT's OOD error rises above its t = 0 value, LP's error, by up to {C.num(rise)} "
+        "(R13)"
+    )
+    text = (
+        f"early stopping does not rescue FT (R11): over {C.count(f['seeds'])} seeds "
+        f"(ε = {f['eps']:g}) its best OOD error over time is a median "
+        f"{C.num(f['median_ratio_ftmin_lp'])} times LP's and {below}, and {r5}; {lpft}."
+    )
+    return C.readme_paragraph("time_course", text)
+
+
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     x = r["ts"][1:]
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.0))
     for ax, kind, label in (
@@ -116,17 +156,17 @@ def plot(results, config, outdir):
     )
     ax.set_ylim(bottom=1e-7)
     ax.set_title(
-        f"(a) R11: early-stopped FT beats LP in {100 * float(r['frac_early_stop_beats_lp']):.0f}% "
-        f"of seeds; median $\\min_t$FT/LP = {C.fmt(r['median_ratio_ftmin_lp'], 3)}"
+        f"(a) R11: early-stopped FT beats LP in {C.num(100 * f['frac_early_stop_beats_lp'])}% "
+        f"of seeds; median $\\min_t$FT/LP = {C.num(f['median_ratio_ftmin_lp'])}"
     )
     ax.legend(fontsize=6.5, loc="lower left")
     axes[1].set_ylim(bottom=1e-20)
     axes[1].set_title("(b) R9: FT and LP-FT fit ID; LP keeps an ID error")
     axes[1].legend(fontsize=6.5, loc="lower left")
     fig.suptitle(
-        f"time_course: $\\varepsilon = {config['eps']}$, {config['seeds']} seeds (median, 5-95% "
-        f"band); R5 violations {int(r['r5_violations'])}; LP-FT max rise above t=0: "
-        f"{C.fmt(r['lpft_max_rise'], 2)} (R13); non-converged {int(r['nonconverged'])}",
+        f"time_course: $\\varepsilon = {f['eps']}$, {f['seeds']} seeds (median, 5-95% "
+        f"band); R5 violations {f['r5_violations']}; LP-FT max rise above t=0: "
+        f"{C.num(f['lpft_max_rise'])} (R13); non-converged {f['nonconverged']}",
         fontsize=9,
     )
     fig.tight_layout()

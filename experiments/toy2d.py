@@ -6,7 +6,7 @@ feature along $e_1$ (R1), so the feature slides horizontally and the predictor's
 component ends at $v_\infty \sin\beta_0$ instead of $w^*_2$; LP keeps $b_0$ and rescales it.
 
 Measured: `lf.fine_tune` (adaptive ODE solve) on the toy. Analytic: the closed-form trajectory
-and limit of docs/theory.md, section 5 (`linfeat._closed_form_oracles`).
+and limit of docs/theory.md, section 5 (`linfeat.theory`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import linfeat as lf
-from linfeat import _closed_form_oracles as O
+from linfeat import theory as O
 
 from . import _common as C
 
@@ -117,9 +117,42 @@ def compute(config, checkpoint=None):
     return out
 
 
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    heads = config["heads"]
+    return {
+        "v0": heads[0],
+        "t_end": float(r["ts"][-1]),
+        # FT from the first head: the measured (ODE) OOD error at the last save time and the
+        # closed-form limit t -> infinity.
+        "ft_ood": float(r["ft_ood_0"][-1]),
+        "ft_ood_limit": float(r["lim_ft_ood_0"]),
+        "lp_ood_limit": float(r["lim_lp_ood_0"]),
+        # The LP flow's measured OOD error at the last save time, worst over the heads.
+        "lp_ood_max": max(float(r[f"lp_ood_{i}"][-1]) for i in range(len(heads))),
+        "max_traj_dev": float(r["max_traj_dev"]),
+        "nonconverged": int(r["nonconverged"]),
+    }
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    text = (
+        f"the paper's Figure 2: FT slides the feature along the ID direction only (R1) and ends "
+        f"off w\\* (OOD error {C.num(f['ft_ood'], 3)} at t = {f['t_end']:g} for "
+        f"v0 = {f['v0']:g}; closed-form limit {C.num(f['ft_ood_limit'], 3)}), while LP is exact "
+        f"(its flow ends at OOD error {C.num(f['lp_ood_max'])}); solver and closed form differ "
+        f"by at most {C.num(f['max_traj_dev'])} on the feature b(t)."
+    )
+    return C.readme_paragraph("toy2d", text)
+
+
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     b0, bs, vs = config["beta0"], config["beta_star"], config["v_star"]
     heads = config["heads"]
     fig, axes = plt.subplots(1, 3, figsize=(12.5, 4.0))
@@ -182,7 +215,7 @@ def plot(results, config, outdir):
         color=C.COLORS["FT"],
         ms=13,
         ls="none",
-        label=f"$w_{{ft}}^\\infty$ closed form (OOD err {C.fmt(r[f'lim_ft_ood_{i}'])})",
+        label=f"$w_{{ft}}^\\infty$ closed form (OOD err {C.num(f['ft_ood_limit'], 3)})",
     )
     ax.plot(
         *wlp,
@@ -192,7 +225,7 @@ def plot(results, config, outdir):
         ls="none",
         mfc="none",
         mew=1.5,
-        label=f"$w_{{lp}}^\\infty$ (OOD err {C.fmt(r[f'lim_lp_ood_{i}'], 2)})",
+        label=f"$w_{{lp}}^\\infty$ (OOD err {C.num(f['lp_ood_limit'])})",
     )
     ax.plot(*r[f"lp_w_{i}"], marker=".", color=C.COLORS["LP"], ms=5, ls="none")
     ax.set_aspect("equal")
@@ -254,7 +287,7 @@ def plot(results, config, outdir):
     ax.legend(fontsize=6.5)
     fig.suptitle(
         f"toy2d: the paper's Figure 2 (max |ODE - closed form| on $b(t)$: "
-        f"{C.fmt(r['max_traj_dev'], 2)}; non-converged: {int(r['nonconverged'])})",
+        f"{C.num(f['max_traj_dev'])}; non-converged: {f['nonconverged']})",
         fontsize=9,
     )
     fig.tight_layout()

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import linfeat as lf
-from linfeat import _closed_form_oracles as O
+from linfeat import theory as O
 
 from . import _common as C
 
@@ -70,7 +70,8 @@ def compute(config, checkpoint=None):
             ft = C.solve(P, H, ts, chunk=chunk)
             lpft = C.solve(P, v_lp, ts, chunk=chunk)
             # With Sigma = Pi_perp, ood_error is ||Pi_perp e||^2; id_subspace_error is ||Pi_S e||^2.
-            lp_S = np.asarray(jax.vmap(lambda p, v: lf.id_subspace_error(p, v, p.B0))(P, v_lp))
+            lp_metrics = jax.vmap(lambda p, v: lf.metrics(p, v, p.B0, v, p.B0))(P, v_lp)
+            lp_S = np.asarray(lp_metrics.id_subspace_error)
             return {
                 "lp_S": lp_S,
                 "lp_perp": C.ood_error_batch(P, v_lp),
@@ -116,9 +117,76 @@ def _ood(r, tag, rho):
     return (1 - rho) * r[f"{tag}_S"] + rho * r[f"{tag}_perp"]
 
 
+def ft_lp_ratio(r):
+    """L_rho(FT) / L_rho(LP), shape (eps, seeds, rho): panel (b) and README."""
+    return np.stack([_ood(r, "ft", q) / _ood(r, "lp", q) for q in r["rho"]], axis=-1)
+
+
+def ft_wins_up_to(r) -> np.ndarray:
+    """Per eps: the largest grid rho up to which (every grid rho <= it) FT's median OOD error
+    over seeds is below LP's; NaN where it is not even at the smallest rho."""
+    wins = np.median(ft_lp_ratio(r), axis=1) < 1  # (eps, rho)
+    upto = np.cumprod(wins, axis=1).astype(bool)
+    last = upto.sum(axis=1) - 1
+    return np.where(last >= 0, r["rho"][np.maximum(last, 0)], np.nan)
+
+
+def facts(results, config) -> dict:
+    """The numbers quoted in the figure and in README (one computation for both)."""
+    r = results
+    ratio0 = ft_lp_ratio(r)[..., int(np.argmin(r["rho"]))]
+    upto = ft_wins_up_to(r)
+    return {
+        "seeds": int(r["ft_S"].shape[1]),
+        "instances": int(r["ft_S"].size),
+        # R9: ID error on S, ||Pi_S e||^2 (the ID error up to the ID covariance).
+        "ft_id_max": float(max(r["ft_S"].max(), r["lpft_S"].max())),
+        "lp_id_median": float(np.median(r["lp_S"])),
+        "lp_id_min": float(np.min(r["lp_S"])),
+        # R12(a): the smallest rho (0: the shift inside S).
+        "rho_min": float(np.min(r["rho"])),
+        "ft_wins_at_rho_min": int(np.sum(ratio0 < 1)),
+        "eps_first": float(r["eps"][0]),
+        "eps_last": float(r["eps"][-1]),
+        "wins_upto_first": float(upto[0]),
+        "wins_upto_last": float(upto[-1]),
+        "toy_agree": int(r["toy_agree"]),
+        "toy_solves": int(r["toy_a"].size),
+        "toy_max_dev": float(r["toy_max_dev"]),
+        "nonconverged": int(r["nonconverged"]),
+    }
+
+
+def _upto(rho, rho_min):
+    if not np.isfinite(rho):
+        return "for no ρ"
+    return f"only for ρ = {rho:g}" if rho == rho_min else f"for ρ ≤ {rho:g}"
+
+
+def readme(results, config) -> str:
+    """README's paragraph; every number comes from `facts` (the results and the config)."""
+    f = facts(results, config)
+    inside = "inside S" if f["rho_min"] == 0 else "closest to S"
+    first, last = (np.nan_to_num(f[k], nan=-1.0) for k in ("wins_upto_first", "wins_upto_last"))
+    more = ", the more so the worse the features" if last > first else ""
+    text = (
+        f"FT and LP-FT fit ID (error on S at most {C.num(f['ft_id_max'])}), LP does not "
+        f"(median {C.num(f['lp_id_median'])}, at least {C.num(f['lp_id_min'])}; R9); FT beats "
+        f"LP OOD when the shift lies {inside} (ρ = {f['rho_min']:g}: in "
+        f"{C.count(f['ft_wins_at_rho_min'])} of {C.count(f['instances'])} instances, R12a) or "
+        f"close to it{more} (FT's median OOD error is below LP's at ε = {f['eps_first']:g} "
+        f"{_upto(f['wins_upto_first'], f['rho_min'])}, at ε = {f['eps_last']:g} "
+        f"{_upto(f['wins_upto_last'], f['rho_min'])}), and the R12(b) "
+        f"toy boundary a² + v0² = 1 matches {f['toy_agree']}/{f['toy_solves']} solves (max "
+        f"|ODE − closed form| {C.num(f['toy_max_dev'])})."
+    )
+    return C.readme_paragraph("tradeoff", text)
+
+
 def plot(results, config, outdir):
     plt = C.pyplot()
     r = results
+    f = facts(results, config)
     eps, rho = r["eps"], r["rho"]
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.1))
     # (a) ID vs OOD for two shift sizes.
@@ -170,8 +238,9 @@ def plot(results, config, outdir):
     # (b) FT / LP OOD ratio vs shift size.
     ax = axes[1]
     x = np.where(rho > 0, rho, rho[rho > 0].min() / 3)
+    ratio = ft_lp_ratio(r)
     for i, e in enumerate(eps):
-        ratios = np.stack([_ood(r, "ft", q)[i] / _ood(r, "lp", q)[i] for q in rho], axis=1)
+        ratios = ratio[i]
         C.band(
             ax,
             x,
@@ -226,11 +295,11 @@ def plot(results, config, outdir):
     ax.set_aspect("equal")
     ax.set_xlabel("target $a = w^*_1$")
     ax.set_ylabel("initial head $v_0$")
-    ax.set_title(f"(c) R12(b) toy, $B_0 \\perp w^*$: {int(r['toy_agree'])}/{r['toy_a'].size} agree")
+    ax.set_title(f"(c) R12(b) toy, $B_0 \\perp w^*$: {f['toy_agree']}/{f['toy_solves']} agree")
     ax.legend(fontsize=6.5, loc="upper right", frameon=True, framealpha=0.95)
     fig.suptitle(
-        f"tradeoff: {config['seeds']} seeds per $\\varepsilon$ (median, 5-95% band); toy: max "
-        f"|ODE - closed form| {C.fmt(r['toy_max_dev'], 2)}; non-converged {int(r['nonconverged'])}",
+        f"tradeoff: {f['seeds']} seeds per $\\varepsilon$ (median, 5-95% band); toy: max "
+        f"|ODE - closed form| {C.num(f['toy_max_dev'])}; non-converged {f['nonconverged']}",
         fontsize=9,
     )
     fig.tight_layout()

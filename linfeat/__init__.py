@@ -2,49 +2,57 @@
 
 A JAX simulator of A. Kumar, A. Raghunathan, R. Jones, T. Ma, P. Liang, "Fine-Tuning can
 Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022. Result ids
-(R1 ... R13) refer to docs/theory.md. The library never changes global JAX configuration: switch on
-float64 yourself (`jax.config.update("jax_enable_x64", True)`) for tight checks.
+(R1 ... R13) refer to docs/theory.md. The library never changes global JAX configuration:
+switch on float64 yourself (`jax.config.update("jax_enable_x64", True)`) for tight checks.
+
+The public API is what this module re-exports, plus `linfeat.theory` (bounds, constants and
+closed-form oracles); every other module is private.
 """
 
-from ._batched import batch_mesh as batch_mesh
+from . import theory as theory
 from ._batched import fine_tune_batch as fine_tune_batch
-from ._batched import shard_sweep as shard_sweep
 from ._batched import sweep as sweep
 from ._closed_form import linear_probe as linear_probe
-from ._cov import SubspaceCov as SubspaceCov
 from ._cov import subspace_cov as subspace_cov
 from ._discrete import DiscreteTrajectory as DiscreteTrajectory
 from ._discrete import train_discrete as train_discrete
 from ._flow import SolverError as SolverError
 from ._flow import Status as Status
-from ._flow import Trajectory as Trajectory
 from ._flow import fine_tune as fine_tune
 from ._flow import linear_probe_flow as linear_probe_flow
 from ._flow import lp_ft as lp_ft
 from ._generate import features_at_distance as features_at_distance
 from ._generate import init_head as init_head
 from ._generate import make_problem as make_problem
+from ._geometry import feature_distance as feature_distance
 from ._metrics import Metrics as Metrics
-from ._metrics import aligned_head as aligned_head
-from ._metrics import balancedness_drift as balancedness_drift
-from ._metrics import feature_alignment as feature_alignment
 from ._metrics import feature_change as feature_change
-from ._metrics import feature_distance as feature_distance
-from ._metrics import gradient_norm as gradient_norm
-from ._metrics import head_alignment_error as head_alignment_error
 from ._metrics import id_error as id_error
-from ._metrics import id_subspace_error as id_subspace_error
 from ._metrics import metrics as metrics
 from ._metrics import ood_error as ood_error
-from ._metrics import pretrained_feature_error as pretrained_feature_error
-from ._metrics import principal_constants as principal_constants
 from ._metrics import train_loss as train_loss
 from ._problem import Problem as Problem
 from ._problem import orthonormalize_rows as orthonormalize_rows
 from ._problem import problem_from_arrays as problem_from_arrays
 from ._reduce import Reduced as Reduced
 from ._reduce import reduce as reduce
+from ._trajectory import Trajectory as Trajectory
 from ._validate import TheoryConditionWarning as TheoryConditionWarning
 
-__version__ = "0.2.0"
-from . import theory as theory
+__version__ = "0.3.0"
+
+__all__ = [
+    # Problems: generated (docs/theory.md, section 3) or from your arrays
+    "Problem", "make_problem", "problem_from_arrays", "subspace_cov", "orthonormalize_rows",
+    "init_head", "features_at_distance",
+    # Training: one engine behind every flow (docs/solvers.md)
+    "fine_tune", "lp_ft", "linear_probe", "linear_probe_flow", "fine_tune_batch", "sweep",
+    "train_discrete", "reduce", "Reduced",
+    # Results and errors
+    "Trajectory", "DiscreteTrajectory", "Metrics", "Status", "SolverError",
+    "TheoryConditionWarning",
+    # Metrics of one parameter point (v, B)
+    "metrics", "train_loss", "id_error", "ood_error", "feature_distance", "feature_change",
+    # The analytic side: bounds, constants, closed-form oracles
+    "theory",
+]  # fmt: skip

@@ -31,9 +31,9 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from . import _validate as V
-from ._flow import Trajectory, check_call, make_settings, solve_reduced
-from ._metrics import Metrics
+from ._flow import check_call, make_settings, solve_reduced
 from ._problem import Problem
+from ._trajectory import Trajectory, load_trajectory, save_trajectory
 
 AXIS = "batch"
 METHODS = ("ft", "lp_ft", "lp")
@@ -217,7 +217,7 @@ def fine_tune_batch(
     outputs: str = "full",
     with_metrics: bool = True,
     progress: bool = False,
-    mesh: Mesh | None = None,
+    devices: Sequence[jax.Device] | int | None = None,
 ) -> Trajectory:
     r"""FT, LP-FT or LP for a batch of problems: `jax.vmap(fine_tune)`, chunked.
 
@@ -237,7 +237,9 @@ def fine_tune_batch(
             `basis`/`B0`: O(T + kr) memory per lane, for huge sweeps; `B` then raises).
         with_metrics: evaluate `Metrics` at the save times (False: `metrics` is None).
         progress: a tqdm bar over chunks.
-        mesh: a 1-D mesh (`batch_mesh`): each chunk's lanes are split over its devices.
+        devices: None (default: one device), a number n (the first n devices) or a list of
+            devices: each chunk's lanes are split over them (`jax.shard_map` on a 1-D mesh);
+            equal to one device up to rounding (the shard shape changes BLAS blocking only).
 
     Returns:
         A `Trajectory` of NumPy arrays with a leading batch axis on every field.
@@ -246,6 +248,7 @@ def fine_tune_batch(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     if outputs not in ("full", "metrics"):
         raise ValueError(f"`outputs` must be 'full' or 'metrics', got {outputs!r}.")
+    mesh = None if devices is None else batch_mesh(devices)
     batch_size = _batch_size(batch_size, mesh)
     b = problems.X.shape[0]
     k = problems.B0.shape[-2]
@@ -292,14 +295,6 @@ def fine_tune_batch(
     return out
 
 
-def shard_sweep(problems, v0s, *, devices: Sequence[jax.Device] | int | None = None, **kwargs):
-    """`fine_tune_batch` with each chunk split over `devices` (default: all devices).
-
-    Equal to one device to rounding (the shard shape changes BLAS blocking only).
-    """
-    return fine_tune_batch(problems, v0s, mesh=batch_mesh(devices), **kwargs)
-
-
 def sweep(
     instance: Callable[[Any], tuple[Problem, Float[Array, " k"]]],
     params: Any,
@@ -325,15 +320,15 @@ def sweep(
         checkpoint_dir: directory for resumable per-chunk results, or None.
         progress: tqdm bar over chunks.
         outputs: "metrics" (default; O(T + kr) per lane) or "full".
-        **solver_kwargs: passed to `fine_tune_batch` (method, ts, rtol, mesh, ...).
+        **solver_kwargs: passed to `fine_tune_batch` (method, ts, rtol, devices, ...).
 
     Returns:
         A `Trajectory` of NumPy arrays with leading axis N.
     """
     V.check_int("batch_size", batch_size, min=1)
     N = jax.tree.leaves(params)[0].shape[0]
-    mesh = solver_kwargs.get("mesh")
-    spans, size = chunks(N, batch_size, 1 if mesh is None else mesh.size)
+    devices = solver_kwargs.get("devices")
+    spans, size = chunks(N, batch_size, 1 if devices is None else batch_mesh(devices).size)
     build = jax.jit(jax.vmap(instance))
     parts = []
     for lo, hi in _progress(spans, progress, "chunks"):
@@ -350,34 +345,3 @@ def sweep(
             save_trajectory(path, tr)
         parts.append(tr)
     return _concat(parts)
-
-
-def atomic_savez(path: str | os.PathLike, **arrays) -> None:
-    """`np.savez` to a temporary file, then an atomic rename: a kill never leaves half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def save_trajectory(path, tr: Trajectory) -> None:
-    flat = {}
-    for name, x in tr._asdict().items():
-        if name in ("metrics", "final_metrics") and x is not None:
-            flat.update({f"{name}.{m}": y for m, y in x._asdict().items()})
-        elif x is not None:
-            flat[name] = x
-    atomic_savez(path, **flat)
-
-
-def load_trajectory(path) -> Trajectory:
-    with np.load(path) as z:
-        mets = {
-            name: Metrics(**{m: z[f"{name}.{m}"] for m in Metrics._fields})
-            if f"{name}.train_loss" in z.files
-            else None
-            for name in ("metrics", "final_metrics")
-        }
-        fields = {n: (z[n] if n in z.files else None) for n in Trajectory._fields if n not in mets}
-    return Trajectory(**mets, **fields)

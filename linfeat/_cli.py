@@ -60,7 +60,7 @@ def _info(args) -> int:
 # name -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 _JOBS = {
     "check": (
-        "linfeat._checks",
+        "linfeat.checks",
         "run the checks of docs/theory.md R1-R13 and write paper_checks.md",
     ),
     "reproduce": ("linfeat._reproduce", "run the experiments and draw the figures"),

@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
 from . import _validate as V
+from ._bounds import r12_ft_wins  # one decision rule for both modules (R12b)
 
 # Safeguarded Newton: every rejected Newton step halves the bracket and every accepted one is
 # at most half the previous step. Pure bisection needs log2(s_max / (s_min eps)) steps to reach
@@ -82,7 +83,7 @@ class R12Toy(NamedTuple):
     Attributes:
         lp_error: $\|w_{lp} - w^*\|^2 = a^2 + v_0^2$.
         ft_error: $\|w_{ft}^\infty - w^*\|^2 = v_\infty^2$ (0-limit cases: see `r12_toy`).
-        ft_wins: whether FT strictly wins, `linfeat._theory.r12_ft_wins` (the single source).
+        ft_wins: whether FT strictly wins, `linfeat.theory.r12_ft_wins` (the single source).
         v_inf: FT limit head.
     """
 
@@ -466,7 +467,7 @@ def r12_toy(a: Float[ArrayLike, "*batch"], v0: Float[ArrayLike, "*batch"]) -> R1
     $w_{ft} = (a, v_\infty)$, error$^2$ $= v_\infty^2$. For $a \ne 0$,
     $v_\infty^2 < a^2 + v_0^2 \iff 4a^2 < 4a^4 + 4a^2 v_0^2 \iff a^2 + v_0^2 > 1$.
     Exceptions: $v_0 = 0$ is the saddle (stationary), so FT error$^2 = a^2$ = LP's, a tie;
-    $a = 0$ gives a tie too. `ft_wins` is `linfeat._theory.r12_ft_wins` (decided from the
+    $a = 0$ gives a tie too. `ft_wins` is `linfeat.theory.r12_ft_wins` (decided from the
     inputs, not from the rounded errors, which may compare either way near the boundary).
 
     Args:
@@ -491,6 +492,4 @@ def _r12_toy(a, v0) -> R12Toy:
     v_inf, b1_inf = _k1_limit(v0, jnp.zeros_like(v0), a)
     lp_error = a * a + v0 * v0
     ft_error = (v_inf * b1_inf - a) ** 2 + v_inf * v_inf  # w_ft = (v b1, v * 1)
-    from ._theory import r12_ft_wins  # one decision rule for both modules (R12b)
-
     return R12Toy(lp_error=lp_error, ft_error=ft_error, ft_wins=r12_ft_wins(a, v0), v_inf=v_inf)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
+from . import _validate as V
 from ._eigh import eigvalsh
 from ._linalg import singular_values
 
@@ -54,10 +56,6 @@ def subspace_cov(d: int, *, scale_S=0.0, scale_perp=0.0, factor=None, dtype=None
             non-floating `dtype`. Values are checked when concrete (skipped under jit/vmap,
             where shapes and dtypes are still checked).
     """
-    import numpy as np
-
-    from . import _validate as V
-
     d = V.check_int("d", d, min=1)
     dtype = jnp.result_type(float) if dtype is None else V.check_float_dtype("dtype", dtype)
     fix = "a second moment a Pi_S + b Pi_perp + L L^T needs variances a, b >= 0."

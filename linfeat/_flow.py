@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.custom_batching import custom_vmap
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from . import _validate as V
+from ._closed_form import linear_probe
 from ._engine import (
     SolverError,
     Status,
@@ -37,65 +38,12 @@ from ._engine import (
     solve,
 )
 from ._flows import FineTune
-from ._metrics import Metrics, metrics, reduced_metrics
+from ._metrics import metrics, reduced_metrics
 from ._problem import Problem
 from ._reduce import Reduced, reduce
+from ._trajectory import Trajectory
 
 __all__ = ["SolverError", "Status", "Trajectory", "fine_tune", "linear_probe_flow", "lp_ft"]
-
-
-class Trajectory(NamedTuple):
-    r"""A gradient-flow trajectory saved at times `ts`, with metrics and a solver status.
-
-    The features are kept in the exact coordinates of the reduction: `A` = B Q (k x r, Q =
-    `basis` the right singular vectors of X), since FT changes B only inside S (R1):
-    $B(t) = B_0 + (A(t) - B_0Q)Q^T$ (`B`, `B_final`). Batched trajectories carry a leading
-    batch axis on every field. `metrics` are evaluated at the save times, `final_metrics` at
-    the stop time (the converged state). With `outputs="metrics"` (sweeps) `A`, `basis` and `B0` are
-    None and `B`, `B_final` raise. Saves after the stop time (`t_final`) repeat the final
-    state.
-    """
-
-    ts: Float[Array, " T"]
-    v: Float[Array, "T k"]
-    A: Float[Array, "T k r"] | None
-    metrics: Metrics | None
-    final_metrics: Metrics | None
-    v0: Float[Array, " k"]
-    v_final: Float[Array, " k"]
-    A_final: Float[Array, "k r"]
-    t_final: Float[Array, ""]
-    num_steps: Int[Array, ""]
-    status: Int[Array, ""]
-    basis: Float[Array, "d r"] | None
-    B0: Float[Array, "k d"] | None
-
-    def _embed(self, A):
-        if self.basis is None or self.B0 is None or A is None:
-            raise ValueError(
-                "this trajectory keeps only the S-coordinates `A = B Q` (outputs='metrics'): "
-                "pass outputs='full' to get B in R^d."
-            )
-        Q, B0 = self.basis, self.B0
-        A0 = jnp.einsum("...kd,...dr->...kr", B0, Q)
-        if A.ndim > A0.ndim:  # a time axis
-            A0, B0 = A0[..., None, :, :], B0[..., None, :, :]
-            Q = Q[..., None, :, :]
-        return B0 + jnp.einsum("...kr,...dr->...kd", A - A0, Q)
-
-    @property
-    def B(self) -> Float[Array, "T k d"]:
-        """B(t) in $R^d$ at every save time (materialises T x k x d)."""
-        return self._embed(self.A)
-
-    @property
-    def B_final(self) -> Float[Array, "k d"]:
-        """B at the stop time in $R^d$."""
-        return self._embed(self.A_final)
-
-    @property
-    def converged(self):
-        return self.status == Status.CONVERGED
 
 
 class _Settings(NamedTuple):
@@ -139,8 +87,6 @@ def solve_reduced(
     if red is None:
         red = reduce(problem)
     if lp_init:
-        from ._closed_form import linear_probe
-
         v0 = linear_probe(problem, v0)
     ts, t_max, grad_tol = _settings(red, problem.Y, v0, settings, num_save)
     sol = solve(

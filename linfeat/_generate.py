@@ -15,8 +15,10 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from . import _validate as V
+from ._closed_form import linear_probe
 from ._cov import SubspaceCov
 from ._linalg import polar
+from ._metrics import aligned_head
 from ._problem import Problem
 
 OOD_KINDS = ("isotropic", "perp", "mixture", "inside", "random_spd")
@@ -308,8 +310,6 @@ def init_head(
         V.check_finite("v", v)
         return jnp.asarray(v, dtype)
     if kind == "lp":
-        from ._closed_form import linear_probe
-
         return linear_probe(problem)
     # kind == "aligned"
     if problem.B_star is None or problem.v_star is None:
@@ -317,6 +317,4 @@ def init_head(
             "`init_head(kind='aligned')` needs the true features and head: build the problem "
             "with make_problem, or problem_from_arrays(..., B_star=..., v_star=...)."
         )
-    from ._metrics import aligned_head
-
     return aligned_head(problem)

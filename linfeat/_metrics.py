@@ -24,22 +24,8 @@ from jaxtyping import Array, Float
 from . import _validate as V
 from ._cov import quad_form
 from ._eigh import eigvalsh, polar
-from ._linalg import row_space_basis, singular_values
-from ._problem import Problem
+from ._geometry import _procrustes, feature_distance, project_S
 from ._reduce import Reduced, error_coefficients, feature_rows
-from ._theory import head_alignment_error as _theory_phi
-
-
-def _S_basis(X: Float[Array, "n d"]) -> Float[Array, "d r"]:
-    """Orthonormal basis of rowspace(X), with zero columns for null singular values."""
-    return row_space_basis(X)[0]
-
-
-@jax.jit
-def project_S(problem: Problem, M: Float[Array, "... d"]) -> Float[Array, "... d"]:
-    r"""$M \Pi_S$: projects the last axis of M onto S = rowspace(X)."""
-    Q = _S_basis(problem.X)
-    return (M @ Q) @ Q.T
 
 
 def _check_point(problem, v, B, names=("v", "B")) -> None:
@@ -53,76 +39,49 @@ def _check_point(problem, v, B, names=("v", "B")) -> None:
     V.as_array(names[1], B, shape=(k, d))
 
 
+def _at_point(fn):
+    """`fn(problem, v, B)` compiled, with a concrete (v, B) validated before the call."""
+    compiled = jax.jit(fn)
+
+    @functools.wraps(fn)
+    def checked(problem, v, B):
+        _check_point(problem, v, B)
+        return compiled(problem, v, B)
+
+    return checked
+
+
+@_at_point
 def prediction_error(problem, v: Float[Array, " k"], B: Float[Array, "k d"]) -> Float[Array, " d"]:
     r"""$e = B^T v - w^*$, the error of the effective linear predictor."""
-    _check_point(problem, v, B)
-    return _prediction_error(problem, v, B)
-
-
-@jax.jit
-def _prediction_error(problem, v, B):
     return B.T @ v - problem.w_star
 
 
+@_at_point
 def train_loss(problem, v, B) -> Float[Array, ""]:
     r"""$\hat L(v, B) = \|X B^T v - Y\|^2$ (the paper's unnormalised loss)."""
-    _check_point(problem, v, B)
-    return _train_loss(problem, v, B)
-
-
-@jax.jit
-def _train_loss(problem, v, B):
     r = problem.X @ (B.T @ v) - problem.Y
     return jnp.sum(r**2)
 
 
+@_at_point
 def ood_error(problem, v, B) -> Float[Array, ""]:
     r"""$L_{ood} = e^T \Sigma e$ (R3), $\Sigma$ the OOD second moment."""
-    _check_point(problem, v, B)
-    return _quad_error(problem, problem.ood_cov, v, B)
+    e = prediction_error(problem, v, B)
+    return quad_form(problem.ood_cov, e, project_S(problem, e))
 
 
+@_at_point
 def id_error(problem, v, B) -> Float[Array, ""]:
     r"""$L_{id} = e^T \Sigma_{id} e$ for the ID second moment."""
-    _check_point(problem, v, B)
-    return _quad_error(problem, problem.id_cov, v, B)
+    e = prediction_error(problem, v, B)
+    return quad_form(problem.id_cov, e, project_S(problem, e))
 
 
-@jax.jit
-def _quad_error(problem, cov, v, B):
-    e = _prediction_error(problem, v, B)
-    return quad_form(cov, e, project_S(problem, e))
-
-
+@_at_point
 def id_subspace_error(problem, v, B) -> Float[Array, ""]:
     r"""$\|\Pi_S e\|^2$, the worst-case ID error over unit inputs in S (R9)."""
-    _check_point(problem, v, B)
-    return _id_subspace_error(problem, v, B)
-
-
-@jax.jit
-def _id_subspace_error(problem, v, B):
-    return jnp.sum(project_S(problem, _prediction_error(problem, v, B)) ** 2)
-
-
-@jax.jit
-def feature_alignment(
-    B: Float[Array, "k d"], B_star: Float[Array, "k d"]
-) -> tuple[Float[Array, ""], Float[Array, "k k"]]:
-    r"""Procrustes alignment: $(\|B - U B^*\|_2, U)$ with $U = P Q^T$, $B B^{*T} = P\Lambda Q^T$.
-
-    For orthonormal rows this is the feature error $d(B, B^*) = \min_U \|B - U B^*\|_2
-    = 2\sin(\theta_{max}/2)$ [derived, docs/theory.md, section 1]; for other B it is an
-    upper bound on the minimum, which is all the bounds need.
-    """
-    U = polar(B @ B_star.T)
-    return singular_values(B - U @ B_star)[0], U
-
-
-@jax.jit
-def feature_distance(B: Float[Array, "k d"], B_star: Float[Array, "k d"]) -> Float[Array, ""]:
-    r"""$d(B, B^*)$ via the Procrustes rotation (see `feature_alignment`)."""
-    return feature_alignment(B, B_star)[0]
+    return jnp.sum(project_S(problem, prediction_error(problem, v, B)) ** 2)
 
 
 @jax.jit
@@ -154,52 +113,11 @@ def gradient_norm(problem, v, B, *, train_features: bool = True) -> Float[Array,
 
 
 @jax.jit
-def principal_constants(problem) -> tuple[Float[Array, ""], Float[Array, ""]]:
-    r"""$(c_S, c_\perp) = (\sigma_k(\Pi_S B_0^T), \sigma_k(\Pi_{S^\perp} B_0^T))$.
-
-    docs/theory.md, section 1.5.
-    """
-    BS = project_S(problem, problem.B0)
-    sS = singular_values(BS)
-    sP = singular_values(problem.B0 - BS)
-    return sS[-1], sP[-1]
-
-
-@jax.jit
 def aligned_head(problem) -> Float[Array, " k"]:
     r"""$a^* = U v^*$, the true head in the frame of $B_0$ ($B_0 \approx U B^*$)."""
     _require_truth(problem)
-    _, U = feature_alignment(problem.B0, problem.B_star)
+    _, U = _procrustes(problem.B0, problem.B_star)
     return U @ problem.v_star
-
-
-def head_alignment_error(problem, v0: Float[Array, " k"]) -> Float[Array, ""]:
-    r"""$\varphi = |(v_0^T a^*)^2 - \|a^*\|^4|^{1/2}$ [paper, R5]; blind to the sign of $v_0$.
-
-    Evaluated in the factorised form of `linfeat.theory.head_alignment_error`.
-    """
-    _check_head(problem, v0)
-    return _head_alignment_error(problem, v0)
-
-
-def _check_head(problem, v0) -> None:
-    """Validates a concrete head against the problem (skipped under jit)."""
-    if not V.is_concrete(v0) or not hasattr(problem, "B0"):
-        return
-    V.check_real_float("v0", v0, allow_int=True)
-    V.as_array("v0", v0, shape=(problem.B0.shape[-2],))
-
-
-@jax.jit
-def _head_alignment_error(problem, v0):
-    return _theory_phi(v0, aligned_head(problem))
-
-
-@jax.jit
-def pretrained_feature_error(problem) -> Float[Array, ""]:
-    r"""$\varepsilon = d(B_0, B^*)$."""
-    _require_truth(problem)
-    return feature_distance(problem.B0, problem.B_star)
 
 
 def _require_truth(problem) -> None:

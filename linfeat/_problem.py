@@ -14,6 +14,8 @@ from jaxtyping import Array, Float
 
 from . import _validate as V
 from ._cov import Cov, SubspaceCov, subspace_cov
+from ._geometry import principal_constants
+from ._linalg import polar
 
 
 class Problem(NamedTuple):
@@ -61,8 +63,6 @@ def orthonormalize_rows(B: Float[Array, "k d"]) -> Float[Array, "k d"]:
     converted to the default float dtype. Values (finiteness, rank) are checked when B is
     concrete; under `jit`/`vmap` only the dtype and rank are.
     """
-    from ._linalg import polar
-
     V.check_real_float("B", B, allow_int=True)
     if np.ndim(B) != 2:
         raise ValueError(
@@ -225,8 +225,6 @@ def problem_from_arrays(
 
 def warn_theory_conditions(problem: Problem, *, m: int) -> None:
     """Warns when $m + k \\ge d$ or $c_\\perp = 0$ (docs/theory.md, section 1)."""
-    from ._metrics import principal_constants
-
     d, k = problem.d, problem.k
     if m + k >= d:
         V.warn_theory(

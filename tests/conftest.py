@@ -25,6 +25,12 @@
   mappings (`linfeat._runtime`): XLA:CPU maps ~3 pages per compiled kernel, and the suite
   compiles enough programs to exceed Linux's `vm.max_map_count` (the next compile then dies
   with SIGSEGV; CI did, in tests/test_gradients.py).
+- Before the run, cache entries without their access-time file are removed (`_repair_cache`):
+  JAX's eviction reads the access time of every entry on each write, so one entry whose
+  writer was killed between its two files (a timed-out or interrupted run) made every later
+  write in every worker fail with FileNotFoundError (a warning, an error under
+  `filterwarnings = error`). Seen on this machine: 7 orphans left by interrupted runs failed
+  tests/test_engine.py and tests/test_flow.py on their first compile.
 """
 
 import os
@@ -46,7 +52,22 @@ _CACHE = os.environ.get(
     "LINFEAT_TEST_JAX_CACHE",
     str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation-cache"),
 )
+
+
+def _repair_cache(path: pathlib.Path) -> None:
+    """Removes entries whose `-atime` file is missing, under the lock JAX's cache uses."""
+    import filelock
+
+    if not path.is_dir():
+        return
+    with filelock.FileLock(path / ".lockfile"):  # JAX's LRUCache holds it for each put
+        for entry in path.glob("*-cache"):
+            if not (path / (entry.name.removesuffix("-cache") + "-atime")).exists():
+                entry.unlink(missing_ok=True)
+
+
 if _CACHE != "off":
+    _repair_cache(pathlib.Path(_CACHE))
     jax.config.update("jax_compilation_cache_dir", _CACHE)
     # Eviction on (a size bound) makes JAX lock the cache with `filelock`, so that workers never
     # read an entry another one is still writing.

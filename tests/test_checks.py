@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import linfeat as lf
-from linfeat import _checks as C
+from linfeat import checks as C
 from linfeat import theory
 
 TINY = C.Config(
@@ -141,7 +141,8 @@ def test_report_and_exit_status(results, tmp_path, monkeypatch):
     assert bad.verdict == "FAIL"
     json.dumps(bad.to_json(), default=C._json_default)
     for fake, code in (([bad], 1), (recs[:1], 0)):
-        monkeypatch.setattr(C, "run_checks", lambda *a, _f=fake, **k: _f)
+        # `run` looks `run_checks` up in its own module, linfeat.checks._run
+        monkeypatch.setattr(C._run, "run_checks", lambda *a, _f=fake, **k: _f)
         args = types.SimpleNamespace(
             quick=True,
             only=None,
@@ -156,9 +157,7 @@ def test_report_and_exit_status(results, tmp_path, monkeypatch):
 
 
 def test_import_linfeat_does_not_need_matplotlib():
-    code = (
-        "import linfeat, linfeat.theory, linfeat._checks, sys; print('matplotlib' in sys.modules)"
-    )
+    code = "import linfeat, linfeat.theory, linfeat.checks, sys; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

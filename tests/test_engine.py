@@ -217,11 +217,11 @@ def test_bad_head_raises():
 
 
 def test_batch_size_auto_and_bad_values():
-    from linfeat._batched import auto_batch_size
+    from linfeat._batched import auto_batch_size, batch_mesh
 
     # CPU (the suite's backend): 128 lanes per device, times the mesh size
     assert jax.devices()[0].platform != "cpu" or auto_batch_size() == 128
-    assert auto_batch_size(lf.batch_mesh(1)) == auto_batch_size()
+    assert auto_batch_size(batch_mesh(1)) == auto_batch_size()
     probs, v0s = jax.tree.map(lambda x: x[:2], _batch(10, n=12))  # shapes of the tests above
     for bad, match in (("big", '"auto", None'), (0, ">= 1"), (2.0, "integer")):
         with pytest.raises(ValueError, match=match):

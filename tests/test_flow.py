@@ -139,7 +139,7 @@ def test_linear_probe_min_norm_when_not_unique():
 def test_R10_lp_ft_stationary_with_perfect_features(problems):
     """R10/R4: B0 = B* -> LP recovers a*, LP-FT does not move, OOD error 0 for all t."""
     p = _one(problems, 0)  # feature_error = 0
-    np.testing.assert_allclose(lf.linear_probe(p), lf.aligned_head(p), atol=1e-10)
+    np.testing.assert_allclose(lf.linear_probe(p), lf.init_head(p, "aligned"), atol=1e-10)
     tr = lf.lp_ft(p)
     assert float(jnp.max(jnp.abs(tr.v - tr.v[0]))) < 1e-12
     assert float(tr.metrics.ood_error.max()) < 1e-20

@@ -38,7 +38,7 @@ def test_make_problem_feature_error_is_exact(eps):
     cos = np.clip(np.linalg.svd(np.asarray(p.B0 @ p.B_star.T), compute_uv=False), -1, 1)
     theta = np.arccos(cos.min())
     assert abs(2 * np.sin(theta / 2) - eps) < 1e-7  # arccos near 1 loses half the digits
-    assert abs(float(lf.pretrained_feature_error(p)) - eps) < 1e-12
+    assert abs(float(lf.feature_distance(p.B0, p.B_star)) - eps) < 1e-12
 
 
 def test_make_problem_structure():
@@ -49,7 +49,8 @@ def test_make_problem_structure():
     np.testing.assert_allclose(p.Y, p.X @ p.w_star, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(np.linalg.norm(p.w_star), 3.0, rtol=1e-13)
     assert float(p.ood_cov.scale_S) == 0.75 and float(p.ood_cov.scale_perp) == 0.25
-    c_S, c_perp = lf.principal_constants(p)
+    c = lf.theory.problem_constants(p, jnp.zeros(2))
+    c_S, c_perp = float(c.c_S), float(c.c_perp)
     assert 0 < c_S <= 1 and 0 < c_perp <= 1
 
 
@@ -75,7 +76,8 @@ def test_make_problem_vmaps_over_key_and_knobs():
     for i in range(4):
         one = lf.make_problem(keys[i], d=20, k=2, m=4, feature_error=eps[i])
         np.testing.assert_allclose(ps.B0[i], one.B0, atol=1e-14)
-        np.testing.assert_allclose(jax.vmap(lf.pretrained_feature_error)(ps)[i], eps[i], atol=1e-12)
+        dist = jax.vmap(lambda q: lf.feature_distance(q.B0, q.B_star))(ps)
+        np.testing.assert_allclose(dist[i], eps[i], atol=1e-12)
 
 
 def test_problems_from_arrays_stack_and_vmap():
@@ -174,23 +176,23 @@ def test_structured_cov_equals_dense():
     assert max_rel_err(lf.ood_error(p, v, p.B0), lf.ood_error(dense, v, p.B0)) < 1e-12
 
 
-def test_feature_alignment_is_procrustes():
+def test_procrustes_rotation_and_distance():
     rng = np.random.default_rng(8)
     p = lf.make_problem(jax.random.key(8), d=20, k=3, m=5, feature_error=0.4)
     U = np.linalg.qr(rng.normal(size=(3, 3)))[0]
-    dist, U_hat = lf.feature_alignment(U @ p.B0, p.B_star)
+    dist, U_hat = lf.theory.procrustes(U @ p.B0, p.B_star)
     np.testing.assert_allclose(dist, 0.4, atol=1e-12)  # rotation-invariant
     np.testing.assert_allclose(U_hat, U, atol=1e-12)  # B0 B*^T = cos(theta) I, so U_hat = U
 
 
 def test_head_alignment_error_definition():
     p = lf.make_problem(jax.random.key(9), d=20, k=2, m=4, v_star_norm=2.0)
-    a = lf.aligned_head(p)
-    assert float(lf.head_alignment_error(p, a)) < 1e-6  # phi = 0 at v0 = a*
-    assert float(lf.head_alignment_error(p, -a)) < 1e-6  # blind to the sign (docs/theory.md, R5)
-    np.testing.assert_allclose(
-        lf.head_alignment_error(p, jnp.zeros(2)), 4.0, rtol=1e-12
-    )  # ||v*||^2
+    a = lf.init_head(p, "aligned")
+    phi = lambda v0: float(lf.theory.problem_constants(p, v0).phi)  # noqa: E731
+    np.testing.assert_allclose(a, lf.theory.problem_constants(p, a).a_star, atol=1e-14)
+    assert phi(a) < 1e-6  # phi = 0 at v0 = a*
+    assert phi(-a) < 1e-6  # blind to the sign (docs/theory.md, R5)
+    np.testing.assert_allclose(phi(jnp.zeros(2)), 4.0, rtol=1e-12)  # ||v*||^2
 
 
 # ---------------------------------------------------------------- bad input

@@ -11,18 +11,19 @@ CODE = textwrap.dedent(
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import linfeat as lf
-    from linfeat import batch_mesh, fine_tune_batch, shard_sweep
+    from linfeat import fine_tune_batch
+    from linfeat._batched import batch_mesh
     assert len(jax.devices()) == 4
     keys = jax.random.split(jax.random.key(0), 10)
     probs = jax.vmap(lambda k: lf.make_problem(k, d=60, k=3, m=8, feature_error=0.5))(keys)
     v0s = jax.random.normal(jax.random.key(1), (10, 3))
     # without metrics (two compiles in all; metrics are per lane, as on one device)
     one = fine_tune_batch(probs, v0s, batch_size=None, with_metrics=False)
-    four = shard_sweep(probs, v0s, devices=4, with_metrics=False)
+    four = fine_tune_batch(probs, v0s, devices=4, with_metrics=False)
     assert np.all(np.asarray(four.status) == 0)
     # a second call on the same shapes (compiled code, fresh transfers) gives the same lanes:
     # a host buffer updated while its transfer was in flight once left lanes unsolved here
-    again = shard_sweep(probs, v0s, devices=4, with_metrics=False)
+    again = fine_tune_batch(probs, v0s, devices=4, with_metrics=False)
     np.testing.assert_array_equal(np.asarray(again.num_steps), np.asarray(four.num_steps))
     for name in ("v", "B", "v_final", "B_final", "t_final"):
         a, b = np.asarray(getattr(again, name)), np.asarray(getattr(four, name))

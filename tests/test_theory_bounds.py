@@ -1,4 +1,4 @@
-"""Checks of the analytic bounds in `linfeat._theory` (R5, R6, R7, R8, R12 and section 1).
+"""Checks of the analytic bounds in `linfeat.theory` (R5, R6, R7, R8, R12 and section 1).
 
 References are independent of the code under test: instances are built in plain NumPy with a
 known feature distance, constants (c_S, c_perp, kappa) and the LP solution come from NumPy
@@ -16,7 +16,7 @@ import scipy.linalg
 from scipy.integrate import solve_ivp
 from scipy.stats import norm
 
-from linfeat._theory import (
+from linfeat.theory import (
     head_alignment_error,
     kappa,
     principal_angle_distance,

@@ -610,8 +610,6 @@ def test_compiled_metrics_and_constants_reject_bad_heads(problem, bad):
     from linfeat import theory
 
     with pytest.raises(ValueError, match="`v0`"):
-        lf.head_alignment_error(problem, bad)
-    with pytest.raises(ValueError, match="`v0`"):
         theory.problem_constants(problem, bad)
     with pytest.raises(ValueError, match="`v0`"):
         theory.r5_bounds(problem, bad)

@@ -1,0 +1,186 @@
+r"""Orchestration and command line of `linfeat check` (docs/theory.md R1-R13).
+
+`run_checks` runs the sampling, the extra runs that the requested checks need and the checks
+themselves, in the fixed order of `ALL_IDS`; `add_arguments` and `run` are the `linfeat check`
+subcommand: `run` writes paper_checks.md (and figures, JSON) and returns a non-zero exit
+status when a rigorous check fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+
+from tqdm.auto import tqdm
+
+from .._cli import environment
+from .._io import atomic_write_text
+from .._runtime import release_compiled_programs
+from ._comparisons import check_r8, check_r10, check_r11, check_r12, check_r13
+from ._config import FULL, QUICK, TOL, CheckResult, Config
+from ._invariants import check_r1, check_r2
+from ._lower_bound import check_r5, check_r6
+from ._lp import check_r3, check_r4, check_r7, check_r9
+from ._report import _json_default, write_figures, write_markdown
+from ._sampling import _dense_ood, _extra_full, _extra_lp_flow, _extra_toy, collect
+from ._search import _extra_counterexample, worst_case_search
+
+ALL_IDS = tuple(f"R{i}" for i in range(1, 14))
+
+
+def run_checks(
+    cfg: Config, seed: int = 0, only=None, progress: bool = True, timings: dict | None = None
+) -> list[CheckResult]:
+    """Runs the requested checks (all of R1-R13 by default) and returns their records.
+
+    `timings`, if given, receives the wall-clock seconds of each stage.
+    """
+    timings = {} if timings is None else timings
+
+    only = set(ALL_IDS if not only else only)
+    needs_extra = {
+        "full": {"R1", "R2"},
+        "lp_flow": {"R4"},
+        "counterexample": {"R5"},
+        "search_printed": {"R5"},
+        "search_rigorous": {"R5"},
+        "toy": {"R12"},
+    }
+    stages = (
+        ["collect"]
+        + [k for k, ids in needs_extra.items() if ids & only]
+        + sorted(only, key=ALL_IDS.index)
+    )
+    bar = tqdm(
+        total=len(cfg.groups) + len(stages) - 1,
+        desc="linfeat check",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    bar.set_postfix_str("sampling and solving")
+    data = collect(cfg, seed, progress=bar)
+    timings["sample and solve (all groups)"] = time.perf_counter() - t0
+    extra = {"v0_norm2": None}
+    extra_fns = {
+        "full": lambda: _extra_full(cfg, seed),
+        "lp_flow": lambda: _extra_lp_flow(cfg, data),
+        "counterexample": _extra_counterexample,
+        "search_printed": lambda: worst_case_search(cfg, seed, "printed"),
+        "search_rigorous": lambda: worst_case_search(cfg, seed, "rigorous"),
+        "toy": lambda: _extra_toy(cfg),
+    }
+    for name in stages[1:]:
+        if name in extra_fns:
+            bar.set_postfix_str(name)
+            t = time.perf_counter()
+            extra[name] = extra_fns[name]()
+            timings[name] = time.perf_counter() - t
+            release_compiled_programs()
+            bar.update(1)
+    extra["v0_norm2"] = data["meta"]["v0_norm2"]
+    idx, dense = _dense_ood(data)
+    extra["dense_idx"], extra["dense_ood"] = idx, dense
+    fns = {
+        "R1": check_r1,
+        "R2": check_r2,
+        "R3": lambda d, e: check_r3(d, e, cfg, seed),
+        "R4": check_r4,
+        "R5": check_r5,
+        "R6": lambda d, e: check_r6(d, e, cfg, seed),
+        "R7": check_r7,
+        "R8": check_r8,
+        "R9": check_r9,
+        "R10": check_r10,
+        "R11": check_r11,
+        "R12": check_r12,
+        "R13": check_r13,
+    }
+    results = []
+    for rid in sorted(only, key=ALL_IDS.index):
+        bar.set_postfix_str(rid)
+        t = time.perf_counter()
+        res = fns[rid](data, extra)
+        res.seconds = time.perf_counter() - t
+        release_compiled_programs()
+        results.append(res)
+        bar.update(1)
+    bar.close()
+    results_time = time.perf_counter() - t0
+    timings["checks (post-processing)"] = sum(r.seconds for r in results)
+    for r in results:
+        r.numbers.setdefault("_total_seconds", results_time)
+    return results
+
+
+def add_arguments(parser) -> None:
+    """Arguments of `linfeat check`."""
+    parser.add_argument("--quick", action="store_true", help="small sample (< 2 min on 2 cores)")
+    parser.add_argument("--only", default=None, help="comma-separated result ids, e.g. R5,R7")
+    parser.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the records as JSON"
+    )
+    parser.add_argument("--output", default="paper_checks.md", help="Markdown report path")
+    parser.add_argument(
+        "--figures", default="figures/checks", help="figure directory ('' for none)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    """Runs the checks, writes the report; exit status 1 when a rigorous check fails."""
+    cfg = QUICK if args.quick else FULL
+    only = None
+    if args.only:
+        only = [x.strip().upper() for x in args.only.split(",") if x.strip()]
+        bad = [x for x in only if x not in ALL_IDS]
+        if bad:
+            print(f"linfeat check: unknown result id(s) {bad}; choose from {', '.join(ALL_IDS)}.")
+            return 2
+    parts = ["linfeat check"] + (["--quick"] if args.quick else [])
+    if args.only:
+        parts.append(f"--only {','.join(only)}")
+    if args.seed:
+        parts.append(f"--seed {args.seed}")
+    command = " ".join(parts)
+    t0 = time.perf_counter()
+    timings: dict = {}
+    results = run_checks(cfg, args.seed, only, progress=not args.no_progress, timings=timings)
+    seconds = time.perf_counter() - t0
+    env = environment()
+    if args.figures:
+        write_figures(results, args.figures)
+    write_markdown(
+        results,
+        args.output,
+        timings=timings,
+        cfg=cfg,
+        seed=args.seed,
+        command=command,
+        env=env,
+        seconds=seconds,
+        fig_rel=args.figures,
+    )
+    if args.json:
+        record = dict(
+            command=command,
+            config=dataclasses.asdict(cfg),
+            seed=args.seed,
+            environment=env,
+            seconds=seconds,
+            stage_seconds=timings,
+            tolerances=TOL,
+            results=[r.to_json() for r in results],
+        )
+        atomic_write_text(args.json, json.dumps(record, indent=1, default=_json_default))
+    failed = [r.id for r in results if r.verdict == "FAIL"]
+    for r in results:
+        print(f"{r.id:>4}  {r.verdict:<8}  {r.title}")
+    print(
+        f"wrote {args.output} in {seconds:.0f} s"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
+    return 1 if failed else 0

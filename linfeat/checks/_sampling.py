@@ -1,0 +1,313 @@
+r"""Sampling and the batched flows whose records every check of R1-R13 reads.
+
+One instance is written per function (`_prepare`: constants, bounds and the linear probe;
+`_flow_record`: FT or LP-FT; `_full_record`: FT in R^d; `_lp_flow_record`: the LP flow), vmapped
+and jitted once per shape (`_jitted`) and run in fixed-size chunks (`_run_chunked`). `collect`
+samples every shape group of a `Config` over the knob grid and returns numpy records; the
+`_extra_*` producers add the runs that single checks need (the full-space flow for R1, R2, the
+LP flow for R4, the 2-D toy for R12) and `_dense_ood` the dense e^T Sigma e of R3
+(docs/theory.md). All are pure functions of the configuration and the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import theory as T
+from .._closed_form import linear_probe
+from .._cov import SubspaceCov, to_dense
+from .._eigh import eigvalsh
+from .._flow import default_grad_tol, default_tolerances, fine_tune, linear_probe_flow
+from .._generate import make_problem
+from .._geometry import project_S
+from .._metrics import ood_error
+from .._problem import Problem, problem_from_arrays
+from .._reduce import reduce
+from ._config import SOLVER, TOL, Config, Group, _max
+
+# ---------------------------------------------------------------------------------------
+# Batched evaluation (one instance written, vmapped at the edge, run in fixed-size chunks)
+# ---------------------------------------------------------------------------------------
+
+
+def _grad_tol(problem: Problem, v0):
+    r"""The flows' default convergence threshold (`linfeat._flow.default_grad_tol`), made
+    explicit so that the report can record it."""
+    X = problem.X  # lambda_max of X X^T from the smaller Gram (pure JAX: `linfeat._eigh`)
+    lam_max = eigvalsh(X @ X.T if X.shape[0] <= X.shape[1] else X.T @ X)[-1]
+    return default_grad_tol(lam_max, problem.Y, v0, default_tolerances(problem.X.dtype)[2])
+
+
+def _prepare(problem: Problem, v0):
+    """Constants, bounds and the linear probe of one instance (no flow)."""
+    c = T.problem_constants(problem, v0)
+    k = problem.B0.shape[-2]
+    v_lp = linear_probe(problem, v0)
+    v_lp0 = linear_probe(problem)
+    e_lp = problem.B0.T @ v_lp - problem.w_star
+    e_lp_S = project_S(problem, e_lp)
+    r7_err, r7_ood = T.r7_bounds(problem)
+    return dict(
+        a=c.a,
+        eps=c.eps,
+        c_S=c.c_S,
+        c_perp=c.c_perp,
+        phi=c.phi,
+        kappa=c.kappa,
+        sigma2_min=c.sigma2_min,
+        lam_min=c.lam_min,
+        lam_max=c.lam_max,
+        lam_perp=c.lam_perp,
+        delta0=T.r5_delta0(c.a, c.phi),
+        printed=T.r5_printed_bound(c.c_perp, k, c.phi, c.a, c.eps),
+        rig_err=T.r5_rigorous_error_bound(c.c_perp, c.phi, c.a, c.eps),
+        rig=T.r5_rigorous_bound(c.c_perp, c.phi, c.a, c.eps, c.lam_min),
+        r7_err=r7_err,
+        r7_ood=r7_ood,
+        r8_eps=T.r8_eps_threshold(c.c_perp, c.phi, c.a, c.kappa, c.c_S, c.lam_min, c.lam_max),
+        lp_err=jnp.linalg.norm(e_lp),
+        lp_err_S=jnp.linalg.norm(e_lp_S),
+        lp_ood=ood_error(problem, v_lp, problem.B0),
+        lp_to_astar=jnp.linalg.norm(v_lp - c.a_star),
+        a_star=c.a_star,
+        v_lp0=v_lp0,
+        grad_tol=_grad_tol(problem, v0),
+        grad_tol_lp=_grad_tol(problem, v_lp0),  # LP-FT's FT stage starts from v_lp0
+    )
+
+
+def _flow_record(problem: Problem, v0, grad_tol):
+    """FT from `v0`: status and the error curves at the saved times (reduced coordinates)."""
+    tr = fine_tune(problem, v0, check=False, grad_tol=grad_tol, **SOLVER)
+    e = jnp.einsum("tkd,tk->td", tr.B, tr.v) - problem.w_star
+    e_S = project_S(problem, e)
+    return dict(
+        status=tr.status,
+        steps=tr.num_steps,
+        t_final=tr.t_final,
+        ts=tr.ts,
+        err=jnp.linalg.norm(e, axis=-1),
+        err_S=jnp.linalg.norm(e_S, axis=-1),
+        ood=tr.metrics.ood_error,
+        train=tr.metrics.train_loss,
+        drift=tr.metrics.balancedness_drift,
+        feat_perp=tr.metrics.feature_change_perp,
+        e_final=e[-1],
+    )
+
+
+def _full_record(problem: Problem, v0, grad_tol):
+    """FT integrated in R^d (mode='full'): the R1 and R2 invariants, independent of reduction."""
+    tr = fine_tune(problem, v0, check=False, grad_tol=grad_tol, mode="full", **SOLVER)
+    return dict(
+        status=tr.status,
+        feat_perp=tr.metrics.feature_change_perp,
+        drift=tr.metrics.balancedness_drift,
+    )
+
+
+def _lp_flow_record(problem: Problem, v0, grad_tol):
+    """The LP flow (B frozen) from `v0`: its limit, to compare with a* (R4)."""
+    tr = linear_probe_flow(problem, v0, check=False, grad_tol=grad_tol, **SOLVER)
+    return dict(status=tr.status, v_final=tr.v_final, ood_final=tr.metrics.ood_error[-1])
+
+
+@functools.cache
+def _jitted(name: str):
+    fn = {
+        "prepare": _prepare,
+        "flow": _flow_record,
+        "full": _full_record,
+        "lp_flow": _lp_flow_record,
+    }
+    return jax.jit(jax.vmap(fn[name]))
+
+
+def _run_chunked(name: str, chunk: int, *args):
+    """Applies the vmapped `name` in fixed-size chunks (one compile per shape), padding the tail."""
+    n = jax.tree.leaves(args)[0].shape[0]
+    out = []
+    for start in range(0, n, chunk):
+        idx = np.arange(start, start + chunk)
+        idx = np.where(idx < n, idx, start)  # pad with a copy of the chunk's first instance
+        part = jax.tree.map(lambda x: x[idx], args)
+        res = _jitted(name)(*part)
+        keep = min(chunk, n - start)
+        out.append(jax.tree.map(lambda x: np.asarray(x[:keep]), res))
+    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------
+
+
+def _sample_group(key, g: Group, cfg: Config):
+    """Problems and Gaussian heads over the knob grid; OOD kinds cycle so each knob meets each."""
+    combos = np.array(list(itertools.product(cfg.eps_grid, cfg.a_grid, cfg.sigma_grid)))
+    n = len(combos) * g.reps
+    eps, a, sigma = np.tile(combos, (g.reps, 1)).T
+    idx = np.arange(n)
+    kind = np.full(n, 4) if g.spd else (idx + idx // len(combos)) % 4
+    k_prob, k_head, k_rho = jax.random.split(key, 3)
+    make = functools.partial(
+        make_problem, d=g.d, k=g.k, m=g.m, ood="random_spd" if g.spd else "isotropic"
+    )
+    problems = jax.vmap(lambda kk, e, aa: make(kk, feature_error=e, v_star_norm=aa))(
+        jax.random.split(k_prob, n), jnp.asarray(eps), jnp.asarray(a)
+    )
+    rho = np.asarray(jax.random.uniform(k_rho, (n,), minval=0.2, maxval=0.8))
+    rho = np.where(kind == 2, rho, np.nan)
+    if not g.spd:
+        # Sigma = s_S Pi_S + s_perp Pi_perp: isotropic (1, 1), perp (0, 1), mixture
+        # (1 - rho, rho), inside (1, 0). One pytree structure, hence one compile.
+        s_S = np.choose(kind, [1.0, 0.0, 0.0, 1.0]) + np.where(kind == 2, 1 - rho, 0.0)
+        s_P = np.choose(kind, [1.0, 1.0, 0.0, 0.0]) + np.where(kind == 2, rho, 0.0)
+        problems = problems._replace(
+            ood_cov=SubspaceCov(jnp.asarray(s_S), jnp.asarray(s_P), problems.ood_cov.factor)
+        )
+    v0 = jnp.asarray(sigma)[:, None] * jax.random.normal(k_head, (n, g.k))
+    meta = dict(
+        eps_knob=eps,
+        a_knob=a,
+        sigma=sigma,
+        kind=kind,
+        rho=rho,
+        d=np.full(n, g.d),
+        k=np.full(n, g.k),
+        m=np.full(n, g.m),
+    )
+    return problems, v0, meta
+
+
+def collect(cfg: Config, seed: int, progress=None) -> dict:
+    """Runs the flows of every group: FT from Gaussian heads and LP-FT; returns numpy records."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(cfg.groups))
+    parts = []
+    first = None
+    for key, g in zip(keys, cfg.groups):
+        problems, v0, meta = _sample_group(key, g, cfg)
+        prep = _run_chunked("prepare", cfg.chunk, problems, v0)
+        ft = _run_chunked("flow", cfg.chunk, problems, v0, jnp.asarray(prep["grad_tol"]))
+        # per-instance vectors (k-sized: v_lp0, a_star) differ between groups: kept per group
+        vectors = {name: prep.pop(name) for name in [n for n, x in prep.items() if x.ndim > 1]}
+        v_lp0 = jnp.asarray(vectors["v_lp0"])
+        gt_lpft = jnp.asarray(prep.pop("grad_tol_lp"))
+        lpft = _run_chunked("flow", cfg.chunk, problems, v_lp0, gt_lpft)
+        e_final = ft.pop("e_final")
+        lpft.pop("e_final")
+        meta["v0_norm2"] = np.sum(np.asarray(v0) ** 2, axis=1)
+        start = sum(len(p["meta"]["d"]) for p in parts)
+        parts.append(dict(meta=meta, prep=prep, ft=ft, lpft=lpft))
+        if first is None:
+            first = (problems, v0, prep, e_final, vectors)
+        parts[-1]["mc"] = {**_mc_inputs(problems, e_final, cfg.mc_instances), "start": start}
+        if progress is not None:
+            progress.update(1)
+    out = {
+        sec: {k: np.concatenate([p[sec][k] for p in parts]) for k in parts[0][sec]}
+        for sec in ("meta", "prep", "ft", "lpft")
+    }
+    out["mc"] = [p["mc"] for p in parts]
+    out["first_group"] = first
+    return out
+
+
+def _mc_inputs(problems, e_final, num):
+    """Dense Sigma and the final FT error of the first `num` instances of a group (R3)."""
+    take = jax.tree.map(lambda x: x[:num], problems)
+
+    def dense(p):
+        return to_dense(p.ood_cov, reduce(p).basis)
+
+    return dict(sigma=np.asarray(jax.vmap(dense)(take)), e=np.asarray(e_final[:num]))
+
+
+# ---------------------------------------------------------------------------------------
+# Extra runs: full-space flow, LP flow, toy; dense OOD loss of the Monte-Carlo instances
+# ---------------------------------------------------------------------------------------
+
+
+def _extra_full(cfg: Config, seed: int):
+    g = cfg.full_mode
+    problems, v0, meta = _sample_group(jax.random.PRNGKey(seed + 101), g, cfg)
+    gt = jax.vmap(_grad_tol)(problems, v0)
+    rec = _run_chunked("full", cfg.chunk, problems, v0, gt)
+    return dict(rec=rec, k=g.k, v0_norm2=np.sum(np.asarray(v0) ** 2, axis=1), shape=[g.d, g.k, g.m])
+
+
+def _extra_lp_flow(cfg: Config, data):
+    problems, v0, prep, _, vectors = data["first_group"]
+    meta = data["meta"]
+    n0 = len(prep["a"])
+    zero = np.flatnonzero(meta["eps_knob"][:n0] == 0.0)
+    p = jax.tree.map(lambda x: x[zero], problems)
+    v = v0[zero]
+    # a* and the threshold come from the group's `_prepare` (same problems and heads)
+    rec = _run_chunked("lp_flow", cfg.chunk, p, v, jnp.asarray(prep["grad_tol"][zero]))
+    a_star = vectors["a_star"][zero]
+    dist = np.linalg.norm(rec["v_final"] - a_star, axis=1) / (1.0 + prep["a"][zero])
+    return dict(dist=dist, nonconverged=int(np.sum(rec["status"] != 0)))
+
+
+def _toy_problems(a, v0):
+    probs = []
+    for ai in a:
+        probs.append(
+            problem_from_arrays(
+                X=np.array([[1.0, 0.0]]),
+                Y=np.array([ai]),
+                B0=np.array([[0.0, 1.0]]),
+                B_star=np.array([[1.0, 0.0]]),
+                v_star=np.array([ai]),
+                check_theory=False,
+            )
+        )
+    return jax.tree.map(lambda *x: jnp.stack(x), *probs)
+
+
+def _extra_toy(cfg: Config):
+    g = cfg.toy_grid
+    a_vals = np.linspace(0.1, 2.0, g)
+    v_vals = np.concatenate([-np.linspace(0.1, 2.0, g // 2), np.linspace(0.1, 2.0, g // 2)])
+    A, V0 = (x.ravel() for x in np.meshgrid(a_vals, v_vals, indexing="ij"))
+    problems = _toy_problems(A, V0)
+    heads = jnp.asarray(V0)[:, None]
+    prep = _run_chunked("prepare", cfg.chunk, problems, heads)
+    rec = _run_chunked("flow", cfg.chunk, problems, heads, jnp.asarray(prep["grad_tol"]))
+    lp2, ft2 = (np.asarray(x) for x in T.r12_toy_errors(A, V0))
+    sim_ft2 = rec["err"][:, -1] ** 2
+    sim_lp2 = prep["lp_err"] ** 2
+    res_ft = np.abs(sim_ft2 - ft2) / ft2
+    res_lp = np.abs(sim_lp2 - lp2) / lp2
+    conv = rec["status"] == 0
+    pred = np.asarray(T.r12_ft_wins(A, V0))
+    sim = sim_ft2 < sim_lp2
+    off_tie = np.abs(A**2 + V0**2 - 1) > 1e-6
+    return dict(
+        n=len(A),
+        nonconverged=int(np.sum(~conv)),
+        viol_ft=int(np.sum(conv & (res_ft > TOL["fit"]))),
+        max_res_ft=_max(res_ft[conv]),
+        viol_lp=int(np.sum(res_lp > TOL["exact"])),
+        max_res_lp=_max(res_lp),
+        viol_win=int(np.sum(conv & off_tie & (pred != sim))),
+        a_range=[float(a_vals[0]), float(a_vals[-1])],
+        v0_range=[float(v_vals.min()), float(v_vals.max())],
+        plot=dict(a=A, v0=V0, sim_win=sim, gap=sim_lp2 - sim_ft2),
+    )
+
+
+def _dense_ood(data):
+    """Dense e^T Sigma e at the final FT state of the Monte-Carlo instances (R3)."""
+    idx, vals = [], []
+    for part in data["mc"]:
+        for j, (Sig, e) in enumerate(zip(part["sigma"], part["e"])):
+            idx.append(part["start"] + j)
+            vals.append(float(e @ Sig @ e))
+    return np.asarray(idx, int), np.asarray(vals)
