@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
 from . import _validate as V
+from ._chunking import chunks, pad_rows
 from ._flow import check_call, make_settings, solve_reduced
 from ._problem import Problem
 from ._trajectory import Trajectory, load_trajectory, save_trajectory
@@ -115,24 +116,6 @@ def _batch_size(batch_size, mesh: Mesh | None) -> int | None:
     if batch_size is not None:
         V.check_int("batch_size", batch_size, min=1)
     return batch_size
-
-
-def chunks(n: int, batch_size: int | None, multiple: int = 1) -> tuple[list[tuple[int, int]], int]:
-    """Spans [lo, hi) of at most `batch_size` (None: one chunk), and the padded chunk size."""
-    size = n if batch_size is None else max(1, min(batch_size, n))
-    spans = [(i, min(i + size, n)) for i in range(0, n, size)]
-    return spans, -(-size // multiple) * multiple
-
-
-def pad_rows(tree, n: int):
-    """Pads every leaf's leading axis to n by repeating its last row (one compiled shape)."""
-
-    def pad(x):
-        if x.shape[0] == n:
-            return x
-        return jnp.concatenate([x, jnp.repeat(x[-1:], n - x.shape[0], axis=0)])
-
-    return jax.tree.map(pad, tree)
 
 
 def log_condition_estimate(X: Float[Array, "n d"]) -> Float[Array, ""]:

@@ -26,6 +26,7 @@ from jax.custom_batching import custom_vmap
 from jaxtyping import Array, Float
 
 from . import _validate as V
+from ._chunking import pad_rows
 from ._closed_form import linear_probe
 from ._engine import (
     SolverError,
@@ -238,11 +239,11 @@ def _chunked_pipeline(num_save: int, train_features: bool, lp_init: bool, max_st
             num = -(-axis_size // VMAP_CHUNK)
             size = num * VMAP_CHUNK
 
-            def split(x):  # pad with copies of the last lane, then (num, VMAP_CHUNK, ...)
-                x = jnp.concatenate([x, jnp.repeat(x[-1:], size - axis_size, axis=0)])
+            def split(x):  # (num, VMAP_CHUNK, ...) after padding with copies of the last lane
                 return x.reshape((num, VMAP_CHUNK) + x.shape[1:])
 
-            out = jax.lax.map(lambda c: jax.vmap(plain)(*c), jax.tree.map(split, xs))
+            padded = pad_rows(xs, size)
+            out = jax.lax.map(lambda c: jax.vmap(plain)(*c), jax.tree.map(split, padded))
             out = jax.tree.map(lambda x: x.reshape((size,) + x.shape[2:])[:axis_size], out)
         return out, jax.tree.map(lambda _: True, out)
 

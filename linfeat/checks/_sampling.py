@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import theory as T
+from .._chunking import chunks, pad_rows
 from .._closed_form import linear_probe
 from .._cov import SubspaceCov, to_dense
 from .._eigh import eigvalsh
@@ -131,14 +132,12 @@ def _jitted(name: str):
 def _run_chunked(name: str, chunk: int, *args):
     """Applies the vmapped `name` in fixed-size chunks (one compile per shape), padding the tail."""
     n = jax.tree.leaves(args)[0].shape[0]
+    spans, _ = chunks(n, chunk)
+    size = chunk  # every chunk at the configured size, small groups too: one compile per shape
     out = []
-    for start in range(0, n, chunk):
-        idx = np.arange(start, start + chunk)
-        idx = np.where(idx < n, idx, start)  # pad with a copy of the chunk's first instance
-        part = jax.tree.map(lambda x: x[idx], args)
-        res = _jitted(name)(*part)
-        keep = min(chunk, n - start)
-        out.append(jax.tree.map(lambda x: np.asarray(x[:keep]), res))
+    for lo, hi in spans:
+        res = _jitted(name)(*pad_rows(jax.tree.map(lambda x: x[lo:hi], args), size))
+        out.append(jax.tree.map(lambda x: np.asarray(x[: hi - lo]), res))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
 
