@@ -136,6 +136,37 @@ def id_error_batch(problems, heads):
     return np.asarray(jax.vmap(lambda p, v: lf.id_error(p, v, p.B0))(problems, heads))
 
 
+def stacked(ckpt, label: str, items, fn, join=np.stack) -> dict:
+    """`fn(item)` for each item, checkpointed as `label.format(index)`, joined key by key.
+
+    `join=np.stack` gives each array a leading axis over the items; `np.concatenate` joins
+    per-chunk rows of seeds.
+    """
+    rows = [ckpt.run(label.format(i), functools.partial(fn, item)) for i, item in enumerate(items)]
+    return {key: join([row[key] for row in rows]) for key in rows[0]}
+
+
+def eps_sweep(config, ckpt, row, **problem_kw) -> dict:
+    """LP, FT and LP-FT on `config["seeds"]` random problems at each feature error `config["eps"]`.
+
+    The same problem key at every eps (common random numbers: the same S, B*, v*, X; only B0
+    moves) and the same Gaussian heads (`head_scale`). `row(P, H, v_lp, ft, lpft)` returns the
+    arrays kept of one eps (`ft`, `lpft`: `solve`'s output); they are stacked to (eps, ...).
+    `problem_kw` goes to `make_problems` (the OOD second moment, `a`).
+    """
+    dims, chunk, S = config["dims"], config["chunk"], config["seeds"]
+    kP, kH = jax.random.split(jax.random.PRNGKey(config["seed"]))
+    ts = save_times()
+    H = gaussian_heads(kH, S, dims["k"], config["head_scale"])
+
+    def one(eps):
+        P = make_problems(kP, S, dims=dims, chunk=chunk, eps=eps, **problem_kw)
+        v_lp = jax.vmap(lf.linear_probe)(P)
+        return row(P, H, v_lp, solve(P, H, ts, chunk=chunk), solve(P, v_lp, ts, chunk=chunk))
+
+    return stacked(ckpt, "eps{:02d}", config["eps"], one)
+
+
 def nonconverged(*results) -> int:
     """Number of trajectories whose solver status is not CONVERGED (0)."""
     return int(sum(int(np.sum(np.asarray(r["status"]) != 0)) for r in results))
@@ -234,6 +265,19 @@ def band(ax, x, Y, *, color, label=None, q=BAND, ls="-", marker=None, alpha=0.18
     return mid
 
 
+def figure(nrows: int, ncols: int, **kw):
+    """A new figure in the house style: `(fig, axes)` of `plt.subplots(nrows, ncols, **kw)`."""
+    return pyplot().subplots(nrows, ncols, **kw)
+
+
+def finish(fig, outdir: Path, name: str, title: str | None = None) -> list[Path]:
+    """The figure's title (`suptitle`, size 9) if given, tight layout, then `savefig`."""
+    if title is not None:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return savefig(fig, outdir, name)
+
+
 def savefig(fig, outdir: Path, name: str) -> list[Path]:
     """Writes `<outdir>/<name>.png` and `.pdf` (atomically) and closes the figure."""
     outdir = Path(outdir)
@@ -291,8 +335,23 @@ def count(n) -> str:
     return f"{int(n):,}"
 
 
+def nums(f: dict, *keys, digits=2) -> dict:
+    """`num(f[key], digits)` for each key: the numbers of a README template, by name."""
+    return {key: num(f[key], digits) for key in keys}
+
+
+def counts(f: dict, *keys) -> dict:
+    """`count(f[key])` for each key: the counts of a README template, by name."""
+    return {key: count(f[key]) for key in keys}
+
+
 def readme_paragraph(name: str, text: str) -> str:
-    """README's paragraph for experiment `name`: the bold name, the text, then the figure."""
+    """README's paragraph for experiment `name`: the bold name, the text, then the figure.
+
+    Runs of whitespace in `text` (the line breaks of a triple-quoted template) become one
+    space: a generated paragraph is one line, so no wrapped line can start a Markdown list.
+    """
+    text = " ".join(text.split())
     return f"**{name}** — {text}\n![{name}](figures/{name}.png)\n"
 
 
@@ -309,6 +368,11 @@ DIMS = dict(d=100, k=5, m=20, n=40)
 TINY_DIMS = dict(d=12, k=2, m=4, n=8)
 CHUNK = 32
 NUM_SAVE = 64
+
+
+def base_config(seed: int, **kw) -> dict:
+    """An experiment's config on the shared sizes: `seed`, `dims=DIMS`, `chunk=CHUNK`, then `kw`."""
+    return dict(seed=seed, dims=DIMS, chunk=CHUNK, **kw)
 
 
 def save_times(num_save: int = NUM_SAVE, lo: float = -4.0, hi: float = 3.0) -> np.ndarray:

@@ -17,19 +17,10 @@ from linfeat import theory as O
 
 from . import _common as C
 
-_BASE = dict(
-    seed=1,
-    dims=C.DIMS,
-    chunk=C.CHUNK,
-    eps=0.1,
-    head_scale=0.5,
-    oracle_dims=dict(d=20, k=1, m=1, n=1),
-    oracle_seeds=16,
+_BASE = C.base_config(
+    seed=1, eps=0.1, head_scale=0.5, oracle_dims=dict(d=20, k=1, m=1, n=1), oracle_seeds=16
 )
-CONFIGS = {
-    "quick": dict(_BASE, seeds=32),
-    "full": dict(_BASE, seeds=256),
-}
+CONFIGS = {"quick": dict(_BASE, seeds=32), "full": dict(_BASE, seeds=256)}
 
 
 def compute(config, checkpoint=None):
@@ -122,30 +113,25 @@ def facts(results, config) -> dict:
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    perp = (
-        "zero by construction of the exact reduction (R1 is its premise; tests compare it with "
-        "the full-space flow), not a measurement"
-    )
+    keys = ("median_change_S_ft", "median_change_S_lpft", "max_perp_change", "max_drift")
+    n = f | C.nums(f, *keys, "oracle_max_dev") | C.counts(f, "seeds")
+    n["perp"] = """zero by construction of the exact reduction (R1 is its premise; tests compare it
+        with the full-space flow), not a measurement"""
     if f["max_perp_change"] != 0:
-        perp += f"; this run's reduced solve reports up to {C.num(f['max_perp_change'])}"
-    text = (
-        f"FT changes the features on S by O(1) (median {C.num(f['median_change_S_ft'])} at "
-        f"t = {f['t_end']:g} over {C.count(f['seeds'])} seeds, ε = {f['eps']:g}) and LP-FT by "
-        f"O(ε) ({C.num(f['median_change_S_lpft'])}); their change on S⊥ is {perp}. "
-        f"Balancedness is conserved to {C.num(f['max_drift'])} (R2, max over seeds and times), "
-        f"and {f['oracle_seeds']} k = 1 solves match the exact trajectory to "
-        f"{C.num(f['oracle_max_dev'])}."
-    )
-    return C.readme_paragraph("distortion", text)
+        n["perp"] += "; this run's reduced solve reports up to {max_perp_change}".format(**n)
+    text = """FT changes the features on S by O(1) (median {median_change_S_ft} at t = {t_end:g}
+        over {seeds} seeds, ε = {eps:g}) and LP-FT by O(ε) ({median_change_S_lpft}); their
+        change on S⊥ is {perp}. Balancedness is conserved to {max_drift} (R2, max over seeds
+        and times), and {oracle_seeds} k = 1 solves match the exact trajectory to
+        {oracle_max_dev}."""
+    return C.readme_paragraph("distortion", text.format(**n))
 
 
 def plot(results, config, outdir):
-    plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     ts = r["ts"]
     x = ts[1:]
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.8))
+    fig, axes = C.figure(1, 3, figsize=(12.5, 3.8))
     ax = axes[0]
     for tag, name in (("ft", "FT"), ("lpft", "LP-FT")):
         C.band(
@@ -232,10 +218,8 @@ def plot(results, config, outdir):
     ax.set_ylabel("$\\|(B(t) - B_0)\\Pi_S\\|$")
     ax.set_title(f"(c) $k = m = 1$: solver vs exact, max dev {C.num(f['oracle_max_dev'])}")
     ax.legend(loc="lower right")
-    fig.suptitle(
+    title = (
         f"distortion: FT distorts features on S only (R1) and conserves balancedness (R2); "
-        f"{f['seeds']} seeds, median and 5-95% band; non-converged: {f['nonconverged']}",
-        fontsize=9,
+        f"{f['seeds']} seeds, median and 5-95% band; non-converged: {f['nonconverged']}"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "distortion")
+    return C.finish(fig, outdir, "distortion", title)

@@ -100,40 +100,38 @@ def compute(config, checkpoint=None):
     chunk, S = config["chunk"], config["seeds"]
     u = np.asarray(config["u"])
     ts = C.save_times()
-    groups = []
-    for j, group in enumerate(config["groups"]):
+
+    def one(item):
+        j, group = item
         a, dims = group["a"], group["dims"]
+        kP, kH = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config["seed"]), j))
+        # seeds x u grid: each problem is used with every u.
+        P1 = C.make_problems(kP, S, dims=dims, chunk=chunk, eps=config["eps"], a=a)
+        P = jax.tree.map(lambda x: jnp.repeat(x, len(u), axis=0), P1)
+        k = C.batch_constants(P)
+        uu = jnp.tile(jnp.asarray(u), S)
+        H = _heads(kH, jnp.asarray(k["a_star"]), uu, config["perp_scale"] * a)
+        # The solver's gradient floor scales like a^3 (see C.solve).
+        ft = C.solve(P, H, ts, chunk=chunk)
+        phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
+        return {
+            "a": np.full(phi.shape, a),
+            "k": np.full(phi.shape, dims["k"]),
+            "u": np.asarray(uu),
+            "phi": phi,
+            "min_sqrt": np.sqrt(
+                np.minimum(ft["metric_ood_error"].min(axis=1), ft["final_ood_error"])
+            ),
+            "t0_sqrt": np.sqrt(ft["metric_ood_error"][:, 0]),
+            "printed": np.asarray(
+                T.r5_printed_bound(k["c_perp"], dims["k"], phi, k["a"], k["eps"])
+            ),
+            "rigorous": np.asarray(T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"])),
+            "c_perp": k["c_perp"],
+            "status": ft["status"],
+        }
 
-        def one(a=a, j=j, dims=dims):
-            kP, kH = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config["seed"]), j))
-            # seeds x u grid: each problem is used with every u.
-            P1 = C.make_problems(kP, S, dims=dims, chunk=chunk, eps=config["eps"], a=a)
-            P = jax.tree.map(lambda x: jnp.repeat(x, len(u), axis=0), P1)
-            k = C.batch_constants(P)
-            uu = jnp.tile(jnp.asarray(u), S)
-            H = _heads(kH, jnp.asarray(k["a_star"]), uu, config["perp_scale"] * a)
-            # The solver's gradient floor scales like a^3 (see C.solve).
-            ft = C.solve(P, H, ts, chunk=chunk)
-            phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
-            return {
-                "a": np.full(phi.shape, a),
-                "k": np.full(phi.shape, dims["k"]),
-                "u": np.asarray(uu),
-                "phi": phi,
-                "min_sqrt": np.sqrt(
-                    np.minimum(ft["metric_ood_error"].min(axis=1), ft["final_ood_error"])
-                ),
-                "t0_sqrt": np.sqrt(ft["metric_ood_error"][:, 0]),
-                "printed": np.asarray(
-                    T.r5_printed_bound(k["c_perp"], dims["k"], phi, k["a"], k["eps"])
-                ),
-                "rigorous": np.asarray(T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"])),
-                "c_perp": k["c_perp"],
-                "status": ft["status"],
-            }
-
-        groups.append(ckpt.run(f"norm{j}", one))
-    out = {key: np.concatenate([g[key] for g in groups]) for key in groups[0]}
+    out = C.stacked(ckpt, "norm{}", enumerate(config["groups"]), one, join=np.concatenate)
     out.update(ckpt.run("counterexample", _counterexample))
     out["nonconverged"] = np.array(int(np.sum(out["status"] != 0) + int(out["ce_status"] != 0)))
     out["printed_violations"] = np.array(int(np.sum(out["min_sqrt"] < out["printed"])))
@@ -165,32 +163,38 @@ def facts(results, config) -> dict:
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    if f["rigorous_violations"] == 0:
-        rigorous = f"the rigorous bound never is (ratio ≥ {C.num(f['min_ratio_rigorous'], 3)})"
-    else:
-        rigorous = (
-            f"the rigorous bound is violated in {f['rigorous_violations']} runs (ratio down to "
-            f"{C.num(f['min_ratio_rigorous'], 3)})"
-        )
-    printed = (
-        f"is violated in {C.count(f['printed_violations'])} of {C.count(f['runs'])} runs (ratio "
-        f"down to {C.num(f['min_ratio_printed'], 3)}"
+    n = f | C.nums(f, "min_ratio_rigorous", "min_ratio_printed", "ce_ratio", digits=3)
+    n |= C.counts(f, "printed_violations", "runs")
+    printed = (  # the parenthesis it opens is closed after the counterexample's ratio
+        "is violated in {printed_violations} of {runs} runs (ratio down to {min_ratio_printed}"
         if f["printed_violations"]
-        else f"holds in all {C.count(f['runs'])} runs (ratio ≥ {C.num(f['min_ratio_printed'], 3)}"
+        else "holds in all {runs} runs (ratio ≥ {min_ratio_printed}"
     )
-    text = (
-        f"FT's best OOD error over time against φ: the printed R5 constant {printed}, and "
-        f"{C.num(f['ce_ratio'], 3)} for docs/theory.md's counterexample); {rigorous}."
+    rigorous = (
+        "is violated in {rigorous_violations} runs (ratio down to {min_ratio_rigorous})"
+        if f["rigorous_violations"]
+        else "never is (ratio ≥ {min_ratio_rigorous})"
     )
-    return C.readme_paragraph("ft_lower_bound", text)
+    n.update(printed=printed.format(**n), rigorous=rigorous.format(**n))
+    text = """FT's best OOD error over time against φ: the printed R5 constant {printed}, and
+        {ce_ratio} for docs/theory.md's counterexample); the rigorous bound {rigorous}."""
+    return C.readme_paragraph("ft_lower_bound", text.format(**n))
+
+
+def _decorate(ax, xlabel, ylabel, title, loc):
+    """Log-log axes with their labels, title and legend (every panel of the figure)."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=6.3, loc=loc)
 
 
 def plot(results, config, outdir):
-    plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     groups = config["groups"]
-    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(4.2 * (len(groups) + 1), 3.9))
+    fig, axes = C.figure(1, len(groups) + 1, figsize=(4.2 * (len(groups) + 1), 3.9))
     for ax, group in zip(axes, groups):
         a, k = group["a"], group["dims"]["k"]
         sel = r["a"] == a
@@ -205,38 +209,25 @@ def plot(results, config, outdir):
             label="FT: $\\min_t \\sqrt{L_{ood}(t)}$ (measured)",
         )
         order = np.argsort(phi)
-        pr, rg = r["printed"][sel], r["rigorous"][sel]
-        ax.plot(
-            phi[order],
-            np.where(pr[order] > 0, pr[order], np.nan),
-            ".",
-            ms=3,
-            color=C.COLORS["printed"],
-            label="printed R5 bound (per instance)",
-        )
-        ax.plot(
-            phi[order],
-            np.where(rg[order] > 0, rg[order], np.nan),
-            ".",
-            ms=3,
-            color=C.COLORS["rigorous"],
-            label="rigorous R5 bound (per instance)",
-        )
+        for bound in ("printed", "rigorous"):
+            b = r[bound][sel][order]
+            ax.plot(
+                phi[order],
+                np.where(b > 0, b, np.nan),
+                ".",
+                ms=3,
+                color=C.COLORS[bound],
+                label=f"{bound} R5 bound (per instance)",
+            )
         # Bound curves with the median c_perp.
         grid = np.logspace(np.log10(max(phi[phi > 0].min(), 1e-3)), np.log10(phi.max()), 200)
         cp = float(np.median(r["c_perp"][sel]))
-        ax.plot(
-            grid,
-            np.asarray(T.r5_printed_bound(cp, k, grid, a, config["eps"])),
-            color=C.COLORS["printed"],
-            lw=1,
-        )
-        ax.plot(
-            grid,
-            np.asarray(T.r5_rigorous_bound(cp, grid, a, config["eps"])),
-            color=C.COLORS["rigorous"],
-            lw=1,
-        )
+        curves = {
+            "printed": T.r5_printed_bound(cp, k, grid, a, config["eps"]),
+            "rigorous": T.r5_rigorous_bound(cp, grid, a, config["eps"]),
+        }
+        for bound, curve in curves.items():
+            ax.plot(grid, np.asarray(curve), color=C.COLORS[bound], lw=1)
         bad = sel & (r["min_sqrt"] < r["printed"])
         if np.any(bad):
             ax.plot(
@@ -248,12 +239,8 @@ def plot(results, config, outdir):
                 mew=1.5,
                 label=f"printed bound violated ({int(bad.sum())})",
             )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("head alignment error $\\varphi$")
-        ax.set_ylabel("$\\sqrt{L_{ood}}$")
-        ax.set_title(f"(R5) $\\|v^*\\| = {a:g}$, $k = {k}$, $\\varepsilon = {config['eps']:g}$")
-        ax.legend(fontsize=6.3, loc="lower right")
+        title = f"(R5) $\\|v^*\\| = {a:g}$, $k = {k}$, $\\varepsilon = {config['eps']:g}$"
+        _decorate(ax, "head alignment error $\\varphi$", "$\\sqrt{L_{ood}}$", title, "lower right")
     ax = axes[-1]
     pos = r["printed"] > 0
     ratio = r["min_sqrt"][pos] / r["printed"][pos]
@@ -286,20 +273,12 @@ def plot(results, config, outdir):
         label="rigorous bound (measured / bound)",
     )
     ax.axhline(1.0, color="k", lw=1, ls="--")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("$\\varphi$")
-    ax.set_ylabel("measured / bound")
-    ax.set_title(
-        f"(R5) printed: min ratio {C.num(f['min_ratio_printed'], 3)}; "
-        f"rigorous: {C.num(f['min_ratio_rigorous'], 3)}"
-    )
-    ax.legend(fontsize=6.3, loc="upper right")
-    fig.suptitle(
+    printed, rigorous = (C.num(f[k], 3) for k in ("min_ratio_printed", "min_ratio_rigorous"))
+    title = f"(R5) printed: min ratio {printed}; rigorous: {rigorous}"
+    _decorate(ax, "$\\varphi$", "measured / bound", title, "upper right")
+    title = (
         f"ft_lower_bound: {f['printed_violations']} printed-bound violations, "
         f"{f['rigorous_violations']} rigorous-bound violations among {f['runs']} FT runs "
-        f"(min over {C.NUM_SAVE} saved times); non-converged {f['nonconverged']}",
-        fontsize=9,
+        f"(min over {C.NUM_SAVE} saved times); non-converged {f['nonconverged']}"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "ft_lower_bound")
+    return C.finish(fig, outdir, "ft_lower_bound", title)

@@ -21,18 +21,8 @@ import linfeat as lf
 
 from . import _common as C
 
-_BASE = dict(
-    seed=7,
-    dims=C.DIMS,
-    chunk=C.CHUNK,
-    head_scale=0.5,
-    eps=0.1,
-    t_end=0.5,
-    batch_size=10,
-    momentum=0.9,
-    adam_lr=1e-3,
-    opt_save_every=16,
-)
+_OPTIMISERS = dict(batch_size=10, momentum=0.9, adam_lr=1e-3, opt_save_every=16)
+_BASE = C.base_config(seed=7, head_scale=0.5, eps=0.1, t_end=0.5, **_OPTIMISERS)
 CONFIGS = {
     "quick": dict(_BASE, problems=4, sgd_keys=4, save_every=[4, 16, 64]),
     "full": dict(_BASE, problems=8, sgd_keys=8, save_every=[4, 8, 16, 32, 64, 128]),
@@ -89,39 +79,36 @@ def compute(config, checkpoint=None):
     Hrep = jnp.repeat(H, NK, axis=0)
     sgd_keys = jax.random.split(kK, NP * NK)
     no_keys = jax.random.split(kK, NP)
-    rows = []
-    for i, se in enumerate(config["save_every"]):
+
+    def one(se):
         eta = config["t_end"] / (_SAVES * se)
+        ts = eta * se * np.arange(_SAVES + 1)
+        flow = C.solve(P, H, ts, chunk=chunk)
+        gd = _train(P, H, no_keys, optimizer="gd", lr=eta, se=se)
+        sgd = _train(
+            Prep,
+            Hrep,
+            sgd_keys,
+            optimizer="sgd",
+            lr=eta,
+            se=se,
+            batch_size=config["batch_size"],
+        )
+        fv = np.repeat(flow["v"], NK, axis=0)
+        fo = np.repeat(flow["metric_ood_error"], NK, axis=0)
+        return {
+            "eta": np.array(eta),
+            "gd_dv": np.max(np.linalg.norm(gd["v"] - flow["v"], axis=-1), axis=1),
+            "gd_dood": np.max(np.abs(gd["ood"] - flow["metric_ood_error"]), axis=1),
+            "sgd_dv": np.max(np.linalg.norm(sgd["v"] - fv, axis=-1), axis=1),
+            "sgd_dood": np.max(np.abs(sgd["ood"] - fo), axis=1),
+            "gd_perp": np.max(gd["perp"], axis=1),
+            "sgd_perp": np.max(sgd["perp"], axis=1),
+            "status": np.concatenate([flow["status"], gd["status"], sgd["status"]]),
+        }
 
-        def one(se=se, eta=eta):
-            ts = eta * se * np.arange(_SAVES + 1)
-            flow = C.solve(P, H, ts, chunk=chunk)
-            gd = _train(P, H, no_keys, optimizer="gd", lr=eta, se=se)
-            sgd = _train(
-                Prep,
-                Hrep,
-                sgd_keys,
-                optimizer="sgd",
-                lr=eta,
-                se=se,
-                batch_size=config["batch_size"],
-            )
-            fv = np.repeat(flow["v"], NK, axis=0)
-            fo = np.repeat(flow["metric_ood_error"], NK, axis=0)
-            return {
-                "eta": np.array(eta),
-                "gd_dv": np.max(np.linalg.norm(gd["v"] - flow["v"], axis=-1), axis=1),
-                "gd_dood": np.max(np.abs(gd["ood"] - flow["metric_ood_error"]), axis=1),
-                "sgd_dv": np.max(np.linalg.norm(sgd["v"] - fv, axis=-1), axis=1),
-                "sgd_dood": np.max(np.abs(sgd["ood"] - fo), axis=1),
-                "gd_perp": np.max(gd["perp"], axis=1),
-                "sgd_perp": np.max(sgd["perp"], axis=1),
-                "status": np.concatenate([flow["status"], gd["status"], sgd["status"]]),
-            }
-
-        rows.append(ckpt.run(f"eta{i:02d}", one))
-    out = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "status"}
-    status = np.concatenate([r["status"] for r in rows])
+    out = C.stacked(ckpt, "eta{:02d}", config["save_every"], one)
+    status = out.pop("status").ravel()  # the rows' statuses, one after the other
 
     def optimisers():
         se = config["opt_save_every"]
@@ -193,22 +180,20 @@ def facts(results, config) -> dict:
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    text = (
-        f"GD (optax) converges to the flow at fitted order {C.num(f['order_gd'], 3)} in η "
-        f"(forward Euler: first order; η from {C.num(f['eta_min'])} to {C.num(f['eta_max'])}), "
-        f"SGD more slowly (order {C.num(f['order_sgd'], 3)}); GD, SGD and momentum keep S⊥ "
-        f"features frozen to {C.num(f['max_perp_frozen'])}, Adam moves them by "
-        f"{C.num(f['max_perp']['adam'])}."
-    )
-    return C.readme_paragraph("gd_vs_flow", text)
+    n = C.nums(f, "order_gd", "order_sgd", digits=3) | C.nums(f, "eta_min", "eta_max")
+    n |= C.nums(f, "max_perp_frozen") | C.nums(f["max_perp"], "adam")
+    text = """GD (optax) converges to the flow at fitted order {order_gd} in η (forward Euler:
+        first order; η from {eta_min} to {eta_max}), SGD more slowly (order {order_sgd}); GD,
+        SGD and momentum keep S⊥ features frozen to {max_perp_frozen}, Adam moves them by
+        {adam}."""
+    return C.readme_paragraph("gd_vs_flow", text.format(**n))
 
 
 def plot(results, config, outdir):
     plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     eta = r["eta"]
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.0))
+    fig, axes = C.figure(1, 3, figsize=(13.5, 4.0))
     ax = axes[0]
     C.band(
         ax,
@@ -286,11 +271,9 @@ def plot(results, config, outdir):
     ax.set_ylabel("$L_{ood}$ ($\\Sigma = I$)")
     ax.set_title("(c) OOD error along training")
     ax.legend(fontsize=6.2, loc="lower left")
-    fig.suptitle(
+    title = (
         f"gd_vs_flow: {config['problems']} problems ({config['sgd_keys']} SGD keys each), "
         f"$\\varepsilon = {config['eps']}$; median and 5-95% band; non-finite/non-converged "
-        f"{int(r['nonconverged'])}",
-        fontsize=9,
+        f"{int(r['nonconverged'])}"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "gd_vs_flow")
+    return C.finish(fig, outdir, "gd_vs_flow", title)

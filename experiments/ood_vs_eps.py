@@ -13,54 +13,36 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-import linfeat as lf
 from linfeat import theory as T
 
 from . import _common as C
 
-_BASE = dict(seed=2, dims=C.DIMS, chunk=C.CHUNK, head_scale=0.5, a=1.0)
+_BASE = C.base_config(seed=2, head_scale=0.5, a=1.0)
 CONFIGS = {
     "quick": dict(_BASE, seeds=16, eps=np.logspace(-4, np.log10(1.4), 7).tolist()),
     "full": dict(_BASE, seeds=128, eps=np.logspace(-4, np.log10(1.4), 13).tolist()),
 }
 
 
+def _row(P, H, v_lp, ft, lpft):
+    """The arrays kept at one eps (C.eps_sweep): errors, R13's rise and the R5, R7 bounds."""
+    k = C.batch_constants(P)
+    phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
+    return {
+        "lp": C.ood_error_batch(P, v_lp),
+        "ft_final": ft["final_ood_error"],
+        "ft_min": np.minimum(ft["metric_ood_error"].min(axis=1), ft["final_ood_error"]),
+        "lpft_final": lpft["final_ood_error"],
+        "lpft_max_rise": lpft["metric_ood_error"].max(axis=1) - lpft["metric_ood_error"][:, 0],
+        "r7_upper": np.asarray(T.r7_lp_ood_bound(k["eps"], k["a"], k["kappa"], k["c_S"], 1.0)),
+        "r5_lower_sqrt": np.asarray(T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"], 1.0)),
+        "status": np.stack([ft["status"], lpft["status"]]),
+        "eps_measured": k["eps"],
+    }
+
+
 def compute(config, checkpoint=None):
-    ckpt = checkpoint or C.Checkpoint()
-    dims, chunk, S = config["dims"], config["chunk"], config["seeds"]
-    kP, kH = jax.random.split(jax.random.PRNGKey(config["seed"]))
-    ts = C.save_times()
-    H = C.gaussian_heads(kH, S, dims["k"], config["head_scale"])
-    rows = []
-    for i, eps in enumerate(config["eps"]):
-
-        def one(eps=eps):
-            # Same key at every eps: the same S, B*, v*, X; only B0 moves (common random numbers).
-            P = C.make_problems(kP, S, dims=dims, chunk=chunk, eps=eps, a=config["a"])
-            v_lp = jax.vmap(lf.linear_probe)(P)
-            ft = C.solve(P, H, ts, chunk=chunk)
-            lpft = C.solve(P, v_lp, ts, chunk=chunk)
-            k = C.batch_constants(P)
-            phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
-            return {
-                "lp": C.ood_error_batch(P, v_lp),
-                "ft_final": ft["final_ood_error"],
-                "ft_min": np.minimum(ft["metric_ood_error"].min(axis=1), ft["final_ood_error"]),
-                "lpft_final": lpft["final_ood_error"],
-                "lpft_max_rise": lpft["metric_ood_error"].max(axis=1)
-                - lpft["metric_ood_error"][:, 0],
-                "r7_upper": np.asarray(
-                    T.r7_lp_ood_bound(k["eps"], k["a"], k["kappa"], k["c_S"], 1.0)
-                ),
-                "r5_lower_sqrt": np.asarray(
-                    T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"], 1.0)
-                ),
-                "status": np.stack([ft["status"], lpft["status"]]),
-                "eps_measured": k["eps"],
-            }
-
-        rows.append(ckpt.run(f"eps{i:02d}", one))
-    out = {key: np.stack([r[key] for r in rows]) for key in rows[0]}  # (num_eps, seeds)
+    out = C.eps_sweep(config, checkpoint or C.Checkpoint(), _row, a=config["a"])  # (eps, seeds)
     out["eps"] = np.asarray(config["eps"])
     out["nonconverged"] = np.array(int(np.sum(out["status"] != 0)))
     # Fitted log-log slopes over the smallest half of the eps grid (medians over seeds).
@@ -150,53 +132,30 @@ def r13_sentence(rr: dict) -> str:
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    text = (
-        f"LP and LP-FT OOD errors scale as ε² (fitted log-log slopes {C.num(f['slope_lp'], 3)} "
-        f"and {C.num(f['slope_lpft'], 3)}, medians over {C.count(f['seeds'])} seeds for "
-        f"ε ≤ {C.num(f['fit_eps_max'])}) under the R7 upper bound ({f['r7_violations']} "
-        f"violations in {C.count(f['instances'])} instances); FT's best error over time stays "
-        f"O(1) (slope {C.num(f['slope_ft_min'])}) above the R5 lower bound "
-        f"({f['r5_violations']} violations), so LP/FT → 0 as ε → 0 (R8: median ratio "
-        f"{C.num(f['ratio_at_eps_min'])} at ε = {C.num(f['eps_min'])}). "
-        f"R13 is an observation: {r13_sentence(f['r13'])}."
-    )
-    return C.readme_paragraph("ood_vs_eps", text)
+    n = f | C.nums(f, "slope_lp", "slope_lpft", digits=3) | C.counts(f, "seeds", "instances")
+    n |= C.nums(f, "fit_eps_max", "slope_ft_min", "ratio_at_eps_min", "eps_min")
+    n["r13"] = r13_sentence(f["r13"])
+    text = """LP and LP-FT OOD errors scale as ε² (fitted log-log slopes {slope_lp} and
+        {slope_lpft}, medians over {seeds} seeds for ε ≤ {fit_eps_max}) under the R7 upper bound
+        ({r7_violations} violations in {instances} instances); FT's best error over time stays
+        O(1) (slope {slope_ft_min}) above the R5 lower bound ({r5_violations} violations), so
+        LP/FT → 0 as ε → 0 (R8: median ratio {ratio_at_eps_min} at ε = {eps_min}). R13 is an
+        observation: {r13}."""
+    return C.readme_paragraph("ood_vs_eps", text.format(**n))
 
 
 def plot(results, config, outdir):
-    plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     eps = r["eps"]
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), gridspec_kw=dict(width_ratios=[1.5, 1]))
+    fig, axes = C.figure(1, 2, figsize=(10.5, 4.3), gridspec_kw=dict(width_ratios=[1.5, 1]))
     ax = axes[0]
-    C.band(
-        ax,
-        eps,
-        r["lp"].T,
-        color=C.COLORS["LP"],
-        marker="o",
-        label=f"LP (slope {C.num(f['slope_lp'], 3)})",
-    )
-    C.band(ax, eps, r["ft_final"].T, color=C.COLORS["FT"], marker="o", label="FT, $t \\to \\infty$")
-    C.band(
-        ax,
-        eps,
-        r["ft_min"].T,
-        color=C.COLORS["FT"],
-        ls="--",
-        marker="v",
-        alpha=0.08,
-        label="FT, $\\min_t$ (early stopping)",
-    )
-    C.band(
-        ax,
-        eps,
-        r["lpft_final"].T,
-        color=C.COLORS["LP-FT"],
-        marker="s",
-        label=f"LP-FT (slope {C.num(f['slope_lpft'], 3)})",
-    )
+    for key, name, marker, label, extra in (
+        ("lp", "LP", "o", f"LP (slope {C.num(f['slope_lp'], 3)})", {}),
+        ("ft_final", "FT", "o", "FT, $t \\to \\infty$", {}),
+        ("ft_min", "FT", "v", "FT, $\\min_t$ (early stopping)", dict(ls="--", alpha=0.08)),
+        ("lpft_final", "LP-FT", "s", f"LP-FT (slope {C.num(f['slope_lpft'], 3)})", {}),
+    ):
+        C.band(ax, eps, r[key].T, color=C.COLORS[name], marker=marker, label=label, **extra)
     ax.plot(
         eps,
         np.median(r["r7_upper"], axis=1),
@@ -225,23 +184,12 @@ def plot(results, config, outdir):
     ax.legend(loc="lower right", fontsize=6.8)
 
     ax = axes[1]
-    ratio = r["lp"] / r["ft_min"]
-    C.band(
-        ax,
-        eps,
-        ratio.T,
-        color=C.COLORS["LP"],
-        marker="o",
-        label="$L_{ood}(LP) / \\min_t L_{ood}(FT)$",
-    )
-    C.band(
-        ax,
-        eps,
-        (r["lpft_final"] / r["ft_min"]).T,
-        color=C.COLORS["LP-FT"],
-        marker="s",
-        label="$L_{ood}(LP\\text{-}FT) / \\min_t L_{ood}(FT)$",
-    )
+    for key, name, marker, label in (
+        ("lp", "LP", "o", "$L_{ood}(LP) / \\min_t L_{ood}(FT)$"),
+        ("lpft_final", "LP-FT", "s", "$L_{ood}(LP\\text{-}FT) / \\min_t L_{ood}(FT)$"),
+    ):
+        ratio = (r[key] / r["ft_min"]).T
+        C.band(ax, eps, ratio, color=C.COLORS[name], marker=marker, label=label)
     ax.axhline(1.0, color=C.COLORS["bound"], lw=1, ls="--", label="equal error")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -249,11 +197,9 @@ def plot(results, config, outdir):
     ax.set_ylabel("OOD error ratio")
     ax.set_title("(b) R8: ratio $\\to 0$ as $\\varepsilon \\to 0$")
     ax.legend(loc="upper left", fontsize=6.8)
-    fig.suptitle(
+    title = (
         f"ood_vs_eps: {f['seeds']} seeds per $\\varepsilon$, median and 5-95% band; "
         f"R7 violations {f['r7_violations']}, R5 violations {f['r5_violations']}, "
-        f"non-converged {f['nonconverged']}\nR13 (observation): {r13_sentence(f['r13'])}",
-        fontsize=9,
+        f"non-converged {f['nonconverged']}\nR13 (observation): {r13_sentence(f['r13'])}"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "ood_vs_eps")
+    return C.finish(fig, outdir, "ood_vs_eps", title)

@@ -18,7 +18,7 @@ from linfeat import theory as T
 
 from . import _common as C
 
-_BASE = dict(seed=6, dims=C.DIMS, chunk=C.CHUNK, a=1.0, sigmas_cdf=[0.1, 0.3, 1.0, 3.0])
+_BASE = C.base_config(seed=6, a=1.0, sigmas_cdf=[0.1, 0.3, 1.0, 3.0])
 CONFIGS = {
     "quick": dict(_BASE, batches=8, per_batch=4000, sigmas=np.logspace(-1, 1, 9).tolist()),
     "full": dict(_BASE, batches=32, per_batch=20000, sigmas=np.logspace(-1, 1, 21).tolist()),
@@ -99,29 +99,26 @@ def facts(results, config) -> dict:
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    total = f["cdf_violations"] + f["p_small_violations"]
-    verdict = (
-        "no violation"
-        if total == 0
-        else f"{f['cdf_violations']} + {f['p_small_violations']} violations"
+    n = f | C.counts(f, "heads_per_sigma", "per_problem")
+    n["verdict"] = (
+        "{cdf_violations} + {p_small_violations} violations".format(**f)
+        if f["cdf_violations"] + f["p_small_violations"]
+        else "no violation"
     )
-    text = (
-        f"the head alignment error φ of Gaussian heads against the R6 anti-concentration bound "
-        f"and the small-σ bound P[φ < a²/√2] ≤ 2exp(−a²/4σ²): {verdict} (beyond {f['mc_se']} "
-        f"Monte Carlo standard errors) in {C.count(f['heads_per_sigma'])} heads per σ "
-        f"({f['problems']} random problems × {C.count(f['per_problem'])} heads; "
-        f"{f['num_sigmas_cdf']} values of σ for the CDF, {f['num_sigmas']} for the small-σ bound)."
-    )
-    return C.readme_paragraph("random_head", text)
+    text = """the head alignment error φ of Gaussian heads against the R6 anti-concentration
+        bound and the small-σ bound P[φ < a²/√2] ≤ 2exp(−a²/4σ²): {verdict} (beyond {mc_se}
+        Monte Carlo standard errors) in {heads_per_sigma} heads per σ ({problems} random problems
+        × {per_problem} heads; {num_sigmas_cdf} values of σ for the CDF, {num_sigmas} for the
+        small-σ bound)."""
+    return C.readme_paragraph("random_head", text.format(**n))
 
 
 def plot(results, config, outdir):
     plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     grid = r["grid"]
     a = config["a"]
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    fig, axes = C.figure(1, 2, figsize=(10.5, 4.0))
     ax = axes[0]
     cmap = plt.get_cmap("plasma")
     sig_cdf = config["sigmas_cdf"]
@@ -180,10 +177,8 @@ def plot(results, config, outdir):
         f"violations {f['p_small_violations']}"
     )
     ax.legend(fontsize=6.5, loc="lower right")
-    fig.suptitle(
+    title = (
         f"random_head: {f['problems']} random problems x {f['per_problem']} Gaussian heads "
-        f"per $\\sigma$ ({f['heads_per_sigma']} in all; median and 5-95% band over problems)",
-        fontsize=9,
+        f"per $\\sigma$ ({f['heads_per_sigma']} in all; median and 5-95% band over problems)"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "random_head")
+    return C.finish(fig, outdir, "random_head", title)

@@ -36,7 +36,7 @@ SCENARIOS = [
     ("OOD close to ID", "depends on shift size", 0.2, 0.98, 0.02, 0.5, 1.0, "R12(a)"),
     ("large random head", "LP beats FT OOD", 0.1, 1.0, 1.0, 2.0, 1.0, "R5, R6"),
 ]
-_BASE = dict(seed=8, dims=C.DIMS, chunk=C.CHUNK, scenarios=[list(s) for s in SCENARIOS])
+_BASE = C.base_config(seed=8, scenarios=[list(s) for s in SCENARIOS])
 CONFIGS = {"quick": dict(_BASE, seeds=16), "full": dict(_BASE, seeds=128)}
 METHODS = (("lp", "LP"), ("ft", "FT"), ("lpft", "LP-FT"))
 LEVEL = 90  # % coverage of the intervals (normal approximation, mean +- Z SE)
@@ -47,45 +47,41 @@ def compute(config, checkpoint=None):
     ckpt = checkpoint or C.Checkpoint()
     dims, chunk, S = config["dims"], config["chunk"], config["seeds"]
     ts = C.save_times()
-    rows = []
-    for i, (name, _, eps, sS, sP, hs, a, _) in enumerate(config["scenarios"]):
 
-        def one(i=i, eps=eps, sS=sS, sP=sP, hs=hs, a=a):
-            kP, kH = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config["seed"]), i))
-            P = C.make_problems(
-                kP, S, dims=dims, chunk=chunk, eps=eps, a=a, scale_S=sS, scale_perp=sP
+    def one(item):
+        i, (_, _, eps, sS, sP, hs, a, _) = item
+        kP, kH = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(config["seed"]), i))
+        P = C.make_problems(kP, S, dims=dims, chunk=chunk, eps=eps, a=a, scale_S=sS, scale_perp=sP)
+        H = C.gaussian_heads(kH, S, dims["k"], hs)
+        v_lp = jax.vmap(lf.linear_probe)(P)
+        # The solver's gradient floor grows like the cube of the parameter scale.
+        ft = C.solve(P, H, ts, chunk=chunk)
+        lpft = C.solve(P, v_lp, ts, chunk=chunk)
+        zero = jnp.zeros_like(H)
+        ood0, id0 = C.ood_error_batch(P, zero), C.id_error_batch(P, zero)
+        k = C.batch_constants(P)
+        phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
+        lam_min, lam_max = min(sS, sP), max(sS, sP)
+        r5 = (
+            np.maximum(
+                np.asarray(T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"], lam_min)), 0
             )
-            H = C.gaussian_heads(kH, S, dims["k"], hs)
-            v_lp = jax.vmap(lf.linear_probe)(P)
-            # The solver's gradient floor grows like the cube of the parameter scale.
-            ft = C.solve(P, H, ts, chunk=chunk)
-            lpft = C.solve(P, v_lp, ts, chunk=chunk)
-            zero = jnp.zeros_like(H)
-            ood0, id0 = C.ood_error_batch(P, zero), C.id_error_batch(P, zero)
-            k = C.batch_constants(P)
-            phi = np.asarray(jax.vmap(T.head_alignment_error)(H, k["a_star"]))
-            lam_min, lam_max = min(sS, sP), max(sS, sP)
-            r5 = (
-                np.maximum(
-                    np.asarray(T.r5_rigorous_bound(k["c_perp"], phi, k["a"], k["eps"], lam_min)), 0
-                )
-                ** 2
-            )
-            r7 = np.asarray(T.r7_lp_ood_bound(k["eps"], k["a"], k["kappa"], k["c_S"], lam_max))
-            return {
-                "lp_ood": C.ood_error_batch(P, v_lp) / ood0,
-                "lp_id": C.id_error_batch(P, v_lp) / id0,
-                "ft_ood": ft["final_ood_error"] / ood0,
-                "ft_id": ft["final_id_error"] / id0,
-                "lpft_ood": lpft["final_ood_error"] / ood0,
-                "lpft_id": lpft["final_id_error"] / id0,
-                "r5_ft_lower": r5 / ood0,
-                "r7_lp_upper": r7 / ood0,
-                "status": np.stack([ft["status"], lpft["status"]]),
-            }
+            ** 2
+        )
+        r7 = np.asarray(T.r7_lp_ood_bound(k["eps"], k["a"], k["kappa"], k["c_S"], lam_max))
+        return {
+            "lp_ood": C.ood_error_batch(P, v_lp) / ood0,
+            "lp_id": C.id_error_batch(P, v_lp) / id0,
+            "ft_ood": ft["final_ood_error"] / ood0,
+            "ft_id": ft["final_id_error"] / id0,
+            "lpft_ood": lpft["final_ood_error"] / ood0,
+            "lpft_id": lpft["final_id_error"] / id0,
+            "r5_ft_lower": r5 / ood0,
+            "r7_lp_upper": r7 / ood0,
+            "status": np.stack([ft["status"], lpft["status"]]),
+        }
 
-        rows.append(ckpt.run(f"scenario{i:02d}", one))
-    out = {key: np.stack([r[key] for r in rows]) for key in rows[0]}  # (scenarios, seeds)
+    out = C.stacked(ckpt, "scenario{:02d}", enumerate(config["scenarios"]), one)  # (scen., seeds)
     out["nonconverged"] = np.array(int(np.sum(out["status"] != 0)))
     return out
 
@@ -207,21 +203,19 @@ def summary_markdown(results, config) -> str:
 def readme(results, config) -> str:
     """README's paragraph (the summary table follows it, from `summary_markdown`)."""
     n, seeds = results["lp_ood"].shape
-    text = (
-        f"LP, FT and LP-FT on {n} synthetic shift scenarios ({C.count(seeds)} seeds each, "
-        f"{LEVEL}% intervals); full table in [figures/synthetic_table.md]"
-        "(figures/synthetic_table.md)."
+    text = """LP, FT and LP-FT on {n} synthetic shift scenarios ({seeds} seeds each, {level}%
+        intervals); full table in [figures/synthetic_table.md](figures/synthetic_table.md)."""
+    return C.readme_paragraph(
+        "synthetic_table", text.format(n=n, seeds=C.count(seeds), level=LEVEL)
     )
-    return C.readme_paragraph("synthetic_table", text)
 
 
 def plot(results, config, outdir):
-    plt = C.pyplot()
     r = results
     names = [s[0] for s in config["scenarios"]]
     n = len(names)
     x = np.arange(n)
-    fig, axes = plt.subplots(2, 1, figsize=(12.0, 6.6), sharex=True)
+    fig, axes = C.figure(2, 1, figsize=(12.0, 6.6), sharex=True)
     w = 0.26
     for ax, kind in ((axes[0], "ood"), (axes[1], "id")):
         for j, (tag, label) in enumerate(METHODS):
@@ -262,7 +256,6 @@ def plot(results, config, outdir):
     axes[1].set_xticklabels(
         [f"{i + 1}. {s}" for i, s in enumerate(names)], rotation=25, ha="right", fontsize=7.5
     )
-    fig.tight_layout()
-    paths = C.savefig(fig, outdir, "synthetic_table")
+    paths = C.finish(fig, outdir, "synthetic_table")
     C.atomic_write_text(outdir / "synthetic_table.md", markdown(results, config))
     return paths

@@ -21,25 +21,10 @@ from linfeat import theory as O
 
 from . import _common as C
 
+_BASE = dict(seed=0, beta0=np.pi / 4, beta_star=np.pi / 4, v_star=1.4, heads=[0.3, -1.0, 1.5])
 CONFIGS = {
-    "quick": dict(
-        seed=0,
-        beta0=np.pi / 4,
-        beta_star=np.pi / 4,
-        v_star=1.4,
-        heads=[0.3, -1.0, 1.5],
-        sweep_heads=21,
-        num_save=40,
-    ),
-    "full": dict(
-        seed=0,
-        beta0=np.pi / 4,
-        beta_star=np.pi / 4,
-        v_star=1.4,
-        heads=[0.3, -1.0, 1.5],
-        sweep_heads=61,
-        num_save=60,
-    ),
+    "quick": dict(_BASE, sweep_heads=21, num_save=40),
+    "full": dict(_BASE, sweep_heads=61, num_save=60),
 }
 
 
@@ -139,23 +124,19 @@ def facts(results, config) -> dict:
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    text = (
-        f"the paper's Figure 2: FT slides the feature along the ID direction only (R1) and ends "
-        f"off w\\* (OOD error {C.num(f['ft_ood'], 3)} at t = {f['t_end']:g} for "
-        f"v0 = {f['v0']:g}; closed-form limit {C.num(f['ft_ood_limit'], 3)}), while LP is exact "
-        f"(its flow ends at OOD error {C.num(f['lp_ood_max'])}); solver and closed form differ "
-        f"by at most {C.num(f['max_traj_dev'])} on the feature b(t)."
-    )
-    return C.readme_paragraph("toy2d", text)
+    n = f | C.nums(f, "ft_ood", "ft_ood_limit", digits=3) | C.nums(f, "lp_ood_max", "max_traj_dev")
+    text = """the paper's Figure 2: FT slides the feature along the ID direction only (R1) and
+        ends off w\\* (OOD error {ft_ood} at t = {t_end:g} for v0 = {v0:g}; closed-form limit
+        {ft_ood_limit}), while LP is exact (its flow ends at OOD error {lp_ood_max}); solver and
+        closed form differ by at most {max_traj_dev} on the feature b(t)."""
+    return C.readme_paragraph("toy2d", text.format(**n))
 
 
 def plot(results, config, outdir):
-    plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     b0, bs, vs = config["beta0"], config["beta_star"], config["v_star"]
     heads = config["heads"]
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 4.0))
+    fig, axes = C.figure(1, 3, figsize=(12.5, 4.0))
 
     # (a) geometry for the first head.
     ax = axes[0]
@@ -285,10 +266,8 @@ def plot(results, config, outdir):
     ax.set_ylabel("converged OOD error")
     ax.set_title(f"(c) FT's limit vs $v_0$ ($\\beta_0 = \\beta^* = \\pi/4$, $v^* = {vs}$)")
     ax.legend(fontsize=6.5)
-    fig.suptitle(
+    title = (
         f"toy2d: the paper's Figure 2 (max |ODE - closed form| on $b(t)$: "
-        f"{C.num(f['max_traj_dev'])}; non-converged: {f['nonconverged']})",
-        fontsize=9,
+        f"{C.num(f['max_traj_dev'])}; non-converged: {f['nonconverged']})"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "toy2d")
+    return C.finish(fig, outdir, "toy2d", title)

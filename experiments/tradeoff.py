@@ -20,13 +20,7 @@ from linfeat import theory as O
 
 from . import _common as C
 
-_BASE = dict(
-    seed=4,
-    dims=C.DIMS,
-    chunk=C.CHUNK,
-    head_scale=0.5,
-    rho=[0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0],
-)
+_BASE = C.base_config(seed=4, head_scale=0.5, rho=[0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0])
 CONFIGS = {
     "quick": dict(_BASE, seeds=12, eps=[0.02, 0.1, 0.3, 0.7, 1.4], toy_grid=7),
     "full": dict(
@@ -55,35 +49,24 @@ def _toy_batch(a):
     return jax.vmap(one)(jnp.asarray(a))
 
 
+def _row(P, H, v_lp, ft, lpft):
+    """The arrays kept at one eps (C.eps_sweep): errors on S and on S-perp, final states."""
+    # With Sigma = Pi_perp, ood_error is ||Pi_perp e||^2; id_subspace_error is ||Pi_S e||^2.
+    lp_metrics = jax.vmap(lambda p, v: lf.metrics(p, v, p.B0, v, p.B0))(P, v_lp)
+    return {
+        "lp_S": np.asarray(lp_metrics.id_subspace_error),
+        "lp_perp": C.ood_error_batch(P, v_lp),
+        "ft_S": ft["final_id_subspace_error"],
+        "ft_perp": ft["final_ood_error"],
+        "lpft_S": lpft["final_id_subspace_error"],
+        "lpft_perp": lpft["final_ood_error"],
+        "status": np.stack([ft["status"], lpft["status"]]),
+    }
+
+
 def compute(config, checkpoint=None):
     ckpt = checkpoint or C.Checkpoint()
-    dims, chunk, S = config["dims"], config["chunk"], config["seeds"]
-    kP, kH = jax.random.split(jax.random.PRNGKey(config["seed"]))
-    ts = C.save_times()
-    H = C.gaussian_heads(kH, S, dims["k"], config["head_scale"])
-    rows = []
-    for i, eps in enumerate(config["eps"]):
-
-        def one(eps=eps):
-            P = C.make_problems(kP, S, dims=dims, chunk=chunk, eps=eps, scale_S=0.0, scale_perp=1.0)
-            v_lp = jax.vmap(lf.linear_probe)(P)
-            ft = C.solve(P, H, ts, chunk=chunk)
-            lpft = C.solve(P, v_lp, ts, chunk=chunk)
-            # With Sigma = Pi_perp, ood_error is ||Pi_perp e||^2; id_subspace_error is ||Pi_S e||^2.
-            lp_metrics = jax.vmap(lambda p, v: lf.metrics(p, v, p.B0, v, p.B0))(P, v_lp)
-            lp_S = np.asarray(lp_metrics.id_subspace_error)
-            return {
-                "lp_S": lp_S,
-                "lp_perp": C.ood_error_batch(P, v_lp),
-                "ft_S": ft["final_id_subspace_error"],
-                "ft_perp": ft["final_ood_error"],
-                "lpft_S": lpft["final_id_subspace_error"],
-                "lpft_perp": lpft["final_ood_error"],
-                "status": np.stack([ft["status"], lpft["status"]]),
-            }
-
-        rows.append(ckpt.run(f"eps{i:02d}", one))
-    out = {key: np.stack([r[key] for r in rows]) for key in rows[0]}  # (num_eps, seeds)
+    out = C.eps_sweep(config, ckpt, _row, scale_S=0.0, scale_perp=1.0)  # (eps, seeds)
 
     def toy():
         g = np.linspace(0.1, 1.5, config["toy_grid"])
@@ -166,29 +149,29 @@ def _upto(rho, rho_min):
 def readme(results, config) -> str:
     """README's paragraph; every number comes from `facts` (the results and the config)."""
     f = facts(results, config)
-    inside = "inside S" if f["rho_min"] == 0 else "closest to S"
+    n = f | C.nums(f, "ft_id_max", "lp_id_median", "lp_id_min", "toy_max_dev")
+    n |= C.counts(f, "ft_wins_at_rho_min", "instances")
     first, last = (np.nan_to_num(f[k], nan=-1.0) for k in ("wins_upto_first", "wins_upto_last"))
-    more = ", the more so the worse the features" if last > first else ""
-    text = (
-        f"FT and LP-FT fit ID (error on S at most {C.num(f['ft_id_max'])}), LP does not "
-        f"(median {C.num(f['lp_id_median'])}, at least {C.num(f['lp_id_min'])}; R9); FT beats "
-        f"LP OOD when the shift lies {inside} (ρ = {f['rho_min']:g}: in "
-        f"{C.count(f['ft_wins_at_rho_min'])} of {C.count(f['instances'])} instances, R12a) or "
-        f"close to it{more} (FT's median OOD error is below LP's at ε = {f['eps_first']:g} "
-        f"{_upto(f['wins_upto_first'], f['rho_min'])}, at ε = {f['eps_last']:g} "
-        f"{_upto(f['wins_upto_last'], f['rho_min'])}), and the R12(b) "
-        f"toy boundary a² + v0² = 1 matches {f['toy_agree']}/{f['toy_solves']} solves (max "
-        f"|ODE − closed form| {C.num(f['toy_max_dev'])})."
+    n.update(
+        inside="inside S" if f["rho_min"] == 0 else "closest to S",
+        more=", the more so the worse the features" if last > first else "",
+        upto_first=_upto(f["wins_upto_first"], f["rho_min"]),
+        upto_last=_upto(f["wins_upto_last"], f["rho_min"]),
     )
-    return C.readme_paragraph("tradeoff", text)
+    text = """FT and LP-FT fit ID (error on S at most {ft_id_max}), LP does not (median
+        {lp_id_median}, at least {lp_id_min}; R9); FT beats LP OOD when the shift lies {inside}
+        (ρ = {rho_min:g}: in {ft_wins_at_rho_min} of {instances} instances, R12a) or close to
+        it{more} (FT's median OOD error is below LP's at ε = {eps_first:g} {upto_first}, at
+        ε = {eps_last:g} {upto_last}), and the R12(b) toy boundary a² + v0² = 1 matches
+        {toy_agree}/{toy_solves} solves (max |ODE − closed form| {toy_max_dev})."""
+    return C.readme_paragraph("tradeoff", text.format(**n))
 
 
 def plot(results, config, outdir):
     plt = C.pyplot()
-    r = results
-    f = facts(results, config)
+    r, f = results, facts(results, config)
     eps, rho = r["eps"], r["rho"]
-    fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.1))
+    fig, axes = C.figure(1, 3, figsize=(13.5, 4.1))
     # (a) ID vs OOD for two shift sizes.
     ax = axes[0]
     cmap = plt.get_cmap("viridis")
@@ -297,10 +280,8 @@ def plot(results, config, outdir):
     ax.set_ylabel("initial head $v_0$")
     ax.set_title(f"(c) R12(b) toy, $B_0 \\perp w^*$: {f['toy_agree']}/{f['toy_solves']} agree")
     ax.legend(fontsize=6.5, loc="upper right", frameon=True, framealpha=0.95)
-    fig.suptitle(
+    title = (
         f"tradeoff: {f['seeds']} seeds per $\\varepsilon$ (median, 5-95% band); toy: max "
-        f"|ODE - closed form| {C.num(f['toy_max_dev'])}; non-converged {f['nonconverged']}",
-        fontsize=9,
+        f"|ODE - closed form| {C.num(f['toy_max_dev'])}; non-converged {f['nonconverged']}"
     )
-    fig.tight_layout()
-    return C.savefig(fig, outdir, "tradeoff")
+    return C.finish(fig, outdir, "tradeoff", title)
