@@ -25,6 +25,13 @@ def _f(x, fmt=".2f"):
     return "–" if x is None else format(x, fmt)
 
 
+def _table(header: str, align: str, rows) -> list[str]:
+    """A Markdown table: `header` ("a | b"), `align` one letter per column (l/r), the rows, and
+    the blank line that ends it."""
+    sep = "|" + "|".join("---:" if c == "r" else "---" for c in align) + "|"
+    return [f"| {header} |", sep, *rows, ""]
+
+
 def _nvb(res, workload, batch, path, with_metrics):
     for r in res.get("natural_vs_batch", []):
         if (r["workload"], r["batch"], r["path"], r["with_metrics"]) == (
@@ -210,12 +217,10 @@ def render(res: dict) -> str:
         out += ["Accuracy: max over the first lanes of |w - w_ref| / |w_ref|, w = B^T v at the stop. "
                 "Verdict column: reference integrated to the method's own stop time (integration error); "
                 "also shown: reference with the same stopping rule (the spread of the stop point):", ""]  # fmt: skip
-        out += ["| workload | method | lanes | grad_tol | same time (verdict) | same stop rule | pass |",
-                "|---|---|---:|---|---:|---:|---|"]  # fmt: skip
-        for c in res["accuracy"]:
-            out.append(f"| {c['workload']} | {c['method']} | {c['lanes']} | {c['grad_tol']} | "
-                       f"{c['max_rel_err_same_t']:.1e} | {c['max_rel_err']:.1e} | {'yes' if c['ok'] else 'NO'} |")  # fmt: skip
-        out.append("")
+        out += _table("workload | method | lanes | grad_tol | same time (verdict) | same stop rule | pass", "llrlrrl",
+                      [f"| {c['workload']} | {c['method']} | {c['lanes']} | {c['grad_tol']} | "
+                       f"{c['max_rel_err_same_t']:.1e} | {c['max_rel_err']:.1e} | {'yes' if c['ok'] else 'NO'} |"
+                       for c in res["accuracy"]])  # fmt: skip
     base = res.get("baselines")
     if base:
         ref = _linfeat_batch_reference(res)
@@ -240,12 +245,10 @@ def render(res: dict) -> str:
         out.append("")
     if res.get("dscaling"):
         out += ["d-scaling (`lf.make_problem` + `lf.fine_tune`, one problem, second calls):", ""]
-        out += ["| d | k | m | n | make_problem s | reduce s | fine_tune s | compile s | steps | status |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-        for r in res["dscaling"]:
-            out.append(f"| {r['d']:.0e} | {r['k']} | {r['m']} | {r['n']} | {r['make_problem_s']:.3f} | {r['reduce_s']:.4f} | "
-                       f"{r['solve_s']:.4f} | {r['compile_s']:.1f} | {r['steps']} | {r['status']} |")  # fmt: skip
-        out.append("")
+        out += _table("d | k | m | n | make_problem s | reduce s | fine_tune s | compile s | steps | status", "r" * 10,
+                      [f"| {r['d']:.0e} | {r['k']} | {r['m']} | {r['n']} | {r['make_problem_s']:.3f} | {r['reduce_s']:.4f} | "
+                       f"{r['solve_s']:.4f} | {r['compile_s']:.1f} | {r['steps']} | {r['status']} |"
+                       for r in res["dscaling"]])  # fmt: skip
     mm = res.get("memory")
     if mm:
         if "peak_rss_gb" in mm:

@@ -184,6 +184,9 @@ def _progress(it, show: bool, unit: str):
     return tqdm(it, unit=unit)
 
 
+# The keyword arguments repeat fine_tune's on purpose (`duplicates` pairs the two signatures):
+# fine_tune_batch is jax.vmap(fine_tune) with the same knobs, and each public function states
+# its own signature, which an options object would hide from help() and the API reference.
 def fine_tune_batch(
     problems: Problem,
     v0s: Float[Array, "b k"] | None = None,

@@ -51,9 +51,7 @@ def r6_anticoncentration(a: Scalar, sigma: Scalar, delta: Scalar) -> ScalarOut:
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
     fn = "r6_anticoncentration"
-    A.check_a(fn, a, positive=False)
-    A.check_sigma(fn, sigma)
-    A.check_delta(fn, delta)
+    A.check_args(fn, {"a": A.A_NONNEG}, a=a, sigma=sigma, delta=delta)
     return (math.sqrt(math.pi) / 2.0) * jnp.asarray(a) * jnp.asarray(delta) * jnp.asarray(sigma)
 
 
@@ -74,8 +72,7 @@ def r6_sigma_max(a: Scalar, delta: Scalar) -> ScalarOut:
     Raises:
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
-    A.check_a("r6_sigma_max", a, positive=False)
-    A.check_delta("r6_sigma_max", delta)
+    A.check_args("r6_sigma_max", {"a": A.A_NONNEG}, a=a, delta=delta)
     delta = jnp.asarray(delta)
     return jnp.asarray(a) / (2.0 * jnp.sqrt(jnp.log(2.0 / delta)))
 
@@ -99,7 +96,7 @@ def r6_phi_cdf_mc(key: PRNGKeyArray, a_star: Head, sigma: Scalar, num: int) -> S
     """
     fn = "r6_phi_cdf_mc"
     A.check_matrix(fn, "a_star", a_star, 1)
-    A.check_sigma(fn, sigma)
+    A.check_args(fn, sigma=sigma)
     if isinstance(num, bool) or not isinstance(num, int | np.integer) or num < 1:
         raise ValueError(
             f"{fn}: `num` must be a positive Python int (a static sample count), got {num!r}; "
@@ -144,18 +141,7 @@ def r5_printed_bound(
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
     fn = "r5_printed_bound"
-    A.check_c(fn, "c_perp", c_perp)
-    A.check(
-        fn,
-        "k",
-        k,
-        lo=1.0,
-        what="a number of features >= 1",
-        fix="pass k = B0.shape[0]",
-    )
-    A.check_phi(fn, phi)
-    A.check_a(fn, w_norm, name="w_norm")
-    A.check_eps(fn, eps, any_rotation=False)
+    A.check_args(fn, {"eps": A.EPS_PROCRUSTES}, c_perp=c_perp, k=k, phi=phi, w_norm=w_norm, eps=eps)
     phi = jnp.asarray(phi)
     w_norm = jnp.asarray(w_norm)
     head = jnp.minimum(phi, phi**2 / w_norm)
@@ -181,8 +167,7 @@ def r5_delta0(a: Scalar, phi: Scalar) -> ScalarOut:
     Raises:
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
-    A.check_a("r5_delta0", a)
-    A.check_phi("r5_delta0", phi)
+    A.check_args("r5_delta0", a=a, phi=phi)
     a = jnp.asarray(a)
     phi2 = jnp.asarray(phi) ** 2
     q_prime = (phi2 / 2.0) / (jnp.sqrt(a**2 + phi2 / 2.0) + a)
@@ -216,10 +201,7 @@ def r5_rigorous_error_bound(
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
     fn = "r5_rigorous_error_bound"
-    A.check_c(fn, "c_perp", c_perp)
-    A.check_phi(fn, phi)
-    A.check_a(fn, a)
-    A.check_eps(fn, eps, any_rotation=True)
+    A.check_args(fn, c_perp=c_perp, phi=phi, a=a, eps=eps)
     return jnp.asarray(c_perp) * r5_delta0(a, phi) - jnp.asarray(eps) * jnp.asarray(a)
 
 
@@ -249,7 +231,7 @@ def r5_rigorous_bound(
     Raises:
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
-    A.check_lam("r5_rigorous_bound", "lam_min", lam_min)
+    A.check_args("r5_rigorous_bound", lam_min=lam_min)
     return jnp.sqrt(jnp.asarray(lam_min)) * r5_rigorous_error_bound(c_perp, phi, a, eps)
 
 
@@ -282,10 +264,7 @@ def r7_lp_error_bound(
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
     fn = "r7_lp_error_bound"
-    A.check_eps(fn, eps, any_rotation=True)
-    A.check_a(fn, a, positive=False)
-    A.check_kappa(fn, kappa)
-    A.check_c_S(fn, c_S)
+    A.check_args(fn, {"a": A.A_NONNEG}, eps=eps, a=a, kappa=kappa, c_S=c_S)
     return jnp.asarray(eps) * jnp.asarray(a) * (1.0 + jnp.asarray(kappa) / jnp.asarray(c_S))
 
 
@@ -314,7 +293,7 @@ def r7_lp_ood_bound(
     Raises:
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
-    A.check_lam("r7_lp_ood_bound", "lam_max", lam_max)
+    A.check_args("r7_lp_ood_bound", lam_max=lam_max)
     return jnp.asarray(lam_max) * r7_lp_error_bound(eps, a, kappa, c_S) ** 2
 
 
@@ -350,13 +329,9 @@ def r8_eps_threshold(
         ValueError: for concrete arguments out of range (skipped under jit/vmap).
     """
     fn = "r8_eps_threshold"
-    A.check_c(fn, "c_perp", c_perp)
-    A.check_phi(fn, phi)
-    A.check_a(fn, a)
-    A.check_kappa(fn, kappa)
-    A.check_c_S(fn, c_S)
-    A.check_lam(fn, "lam_min", lam_min)
-    A.check_lam(fn, "lam_max", lam_max)
+    A.check_args(
+        fn, c_perp=c_perp, phi=phi, a=a, kappa=kappa, c_S=c_S, lam_min=lam_min, lam_max=lam_max
+    )
     sq_min = jnp.sqrt(jnp.asarray(lam_min))
     sq_max = jnp.sqrt(jnp.asarray(lam_max))
     a = jnp.asarray(a)

@@ -34,6 +34,9 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 from . import _validate as V
 from ._bounds import r12_ft_wins  # one decision rule for both modules (R12b)
 
+# Every oracle argument broadcasts against the others: one entry per instance, any batch shape.
+Batched = Float[ArrayLike, "*batch"]
+
 # Safeguarded Newton: every rejected Newton step halves the bracket and every accepted one is
 # at most half the previous step. Pure bisection needs log2(s_max / (s_min eps)) steps to reach
 # rounding level (s = sqrt(p^2 + b^2) along the path; s_max / s_min ~ 1e10 for a flow passing
@@ -256,13 +259,7 @@ def _k1_scalar(tau, v0, alpha0, y):
 _k1_compiled = jax.jit(jnp.vectorize(_k1_scalar))
 
 
-def k1_trajectory(
-    tau: Float[ArrayLike, "*batch"],
-    *,
-    v0: Float[ArrayLike, "*batch"],
-    alpha0: Float[ArrayLike, "*batch"],
-    y: Float[ArrayLike, "*batch"],
-) -> K1Trajectory:
+def k1_trajectory(tau: Batched, *, v0: Batched, alpha0: Batched, y: Batched) -> K1Trajectory:
     r"""Exact width-one FT trajectory $(v(\tau), \alpha(\tau))$ in scaled time (section 4).
 
     Solves $v' = -\alpha(v\alpha - y)$, $\alpha' = -v(v\alpha - y)$ from $(v_0, \alpha_0)$.
@@ -310,12 +307,7 @@ def k1_trajectory(
 
 
 def k1_trajectory_problem_time(
-    t: Float[ArrayLike, "*batch"],
-    *,
-    s: Float[ArrayLike, "*batch"],
-    v0: Float[ArrayLike, "*batch"],
-    alpha0: Float[ArrayLike, "*batch"],
-    y: Float[ArrayLike, "*batch"],
+    t: Batched, *, s: Batched, v0: Batched, alpha0: Batched, y: Batched
 ) -> K1Trajectory:
     r"""`k1_trajectory` at the paper's flow time t, i.e. at $\tau = 2 s t$.
 
@@ -358,12 +350,7 @@ def _toy_vectors(beta0, beta_star, v_star):
     return jnp.broadcast_arrays(b0, w_star)
 
 
-def toy2d_limit(
-    beta0: Float[ArrayLike, "*batch"],
-    beta_star: Float[ArrayLike, "*batch"],
-    v_star: Float[ArrayLike, "*batch"],
-    v0: Float[ArrayLike, "*batch"],
-) -> Toy2DLimit:
+def toy2d_limit(beta0: Batched, beta_star: Batched, v_star: Batched, v0: Batched) -> Toy2DLimit:
     r"""FT and LP limits in the 2-D toy of the paper's Figure 2 (docs/theory.md, section 5).
 
     $d = 2$, $k = 1$, one training input $x = e_1$ ($X = e_1^T$, $s = 1$),
@@ -423,11 +410,7 @@ def _toy2d_limit(beta0, beta_star, v_star, v0) -> Toy2DLimit:
 
 
 def toy2d_trajectory(
-    t: Float[ArrayLike, "*batch"],
-    beta0: Float[ArrayLike, "*batch"],
-    beta_star: Float[ArrayLike, "*batch"],
-    v_star: Float[ArrayLike, "*batch"],
-    v0: Float[ArrayLike, "*batch"],
+    t: Batched, beta0: Batched, beta_star: Batched, v_star: Batched, v0: Batched
 ) -> Toy2DTrajectory:
     r"""FT state $(v(t), b(t))$ of the 2-D toy at flow times t (docs/theory.md, section 5).
 
@@ -458,7 +441,7 @@ def toy2d_trajectory(
     return Toy2DTrajectory(v=v, b=b)
 
 
-def r12_toy(a: Float[ArrayLike, "*batch"], v0: Float[ArrayLike, "*batch"]) -> R12Toy:
+def r12_toy(a: Batched, v0: Batched) -> R12Toy:
     r"""R12(b): bad features, where converged FT can beat LP out of distribution.
 
     $d = 2$, $k = 1$, $X = e_1^T$, $w^* = (a, 0)$, $B_0 = e_2^T$ (so $\alpha_0 = 0$,

@@ -212,7 +212,7 @@ def r5_perp_bound(
         what="a finite number > 0 (the smallest non-zero eigenvalue of X^T X)",
         fix="take it from `problem_constants(problem, v0).sigma2_min`",
     )
-    A.check_lam(fn, "lam_perp", lam_perp)
+    A.check_args(fn, lam_perp=lam_perp)
     r = jnp.maximum(jnp.asarray(rigorous_error), 0.0)
     gap = r**2 - jnp.asarray(train_loss) / jnp.asarray(sigma2_min)
     return jnp.sqrt(jnp.asarray(lam_perp)) * jnp.sqrt(jnp.maximum(gap, 0.0))

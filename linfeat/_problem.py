@@ -34,6 +34,8 @@ class Problem(NamedTuple):
         ood_cov: OOD second moment $\Sigma$, dense (d, d) or `SubspaceCov`.
     """
 
+    # Typed field declarations (jaxtyping shapes); Problem, Reduced and Trajectory each declare
+    # their own, so `duplicates` pairs these same-shape lines: declarations, not logic.
     X: Float[Array, "n d"]
     Y: Float[Array, " n"]
     B0: Float[Array, "k d"]
@@ -43,6 +45,7 @@ class Problem(NamedTuple):
     id_cov: Cov
     ood_cov: Cov
 
+    # sizes read off the arrays (Reduced has the same kind of properties: r, k)
     @property
     def d(self) -> int:
         return self.X.shape[-1]

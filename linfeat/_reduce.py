@@ -49,6 +49,8 @@ class Reduced(NamedTuple):
         v_star: $v^*$ or None (then G has no D block).
     """
 
+    # Typed field declarations (jaxtyping shapes); Problem, Reduced and Trajectory each declare
+    # their own, so `duplicates` pairs these same-shape lines: declarations, not logic.
     basis: Float[Array, "d r"]
     mask_S: Float[Array, " r"]
     sigma2: Float[Array, " r"]

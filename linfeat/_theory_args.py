@@ -76,121 +76,94 @@ def check(
         raise ValueError(f"{fn}: `{name}` must be {what}, {got}; {fix}.")
 
 
-def check_a(fn: str, a, *, name: str = "a", positive: bool = True) -> None:
-    check(
-        fn,
-        name,
-        a,
-        lo=0.0,
-        lo_open=positive,
-        what=("a finite number > 0" if positive else "a finite number >= 0")
-        + " (the norm ||v*|| = ||w*|| of the true head)",
-        fix="pass the norm of the true head (docs/theory.md, section 1 needs v* != 0)"
-        if positive
-        else "pass a norm, e.g. `jnp.linalg.norm(v_star)`",
-    )
-
-
-def check_phi(fn: str, phi) -> None:
-    check(
-        fn,
-        "phi",
-        phi,
+# The rule of each named argument of the analytic functions, in one table: `check_args`
+# looks an argument up by its name; a function that needs another rule for the same name
+# (a >= 0 instead of > 0, eps up to sqrt(2) instead of 2) passes it in `rules`.
+_KAPPA_FIX = "compute it with `kappa(X)` (X must not be zero)"
+_CONST_FIX = "take it from `linfeat.theory.problem_constants(problem, v0)`"
+A_POSITIVE = dict(
+    lo=0.0,
+    lo_open=True,
+    what="a finite number > 0 (the norm ||v*|| = ||w*|| of the true head)",
+    fix="pass the norm of the true head (docs/theory.md, section 1 needs v* != 0)",
+)
+A_NONNEG = dict(
+    lo=0.0,
+    what="a finite number >= 0 (the norm ||v*|| = ||w*|| of the true head)",
+    fix="pass a norm, e.g. `jnp.linalg.norm(v_star)`",
+)
+# d(B0, B*) (the Procrustes minimum) is at most sqrt(2) for orthonormal rows; the bounds
+# that also accept ||B0 - U B*||_2 for any fixed orthogonal U allow up to ||B0|| + ||B*|| = 2.
+_EPS_WHAT = (
+    "a finite number in [0, {}] (a feature distance ||B0 - U B*||_2 between orthonormal rows)"
+)
+_EPS_FIX = "compute it with `procrustes(B0, B_star)[0]` (rows of B0 and B* orthonormal)"
+EPS_ANY_ROTATION = dict(
+    lo=0.0, hi=2.0 * (1.0 + _RANGE_SLACK), what=_EPS_WHAT.format("2"), fix=_EPS_FIX
+)
+EPS_PROCRUSTES = dict(
+    lo=0.0, hi=_SQRT2 * (1.0 + _RANGE_SLACK), what=_EPS_WHAT.format("sqrt(2)"), fix=_EPS_FIX
+)
+_C = dict(
+    lo=0.0,
+    hi=1.0 + _RANGE_SLACK,
+    what="a finite number in [0, 1] (a singular value of a projection of B0^T)",
+    fix=_CONST_FIX,
+)
+_LAM = dict(
+    lo=0.0,
+    what="a finite number >= 0 (an eigenvalue of the PSD second moment Sigma)",
+    fix="clip a rounding-level negative eigenvalue at 0",
+)
+RULES = {
+    "a": A_POSITIVE,
+    "w_norm": A_POSITIVE,
+    "eps": EPS_ANY_ROTATION,
+    "phi": dict(
         lo=0.0,
         what="a finite number >= 0 (the head alignment error)",
         fix="compute it with `head_alignment_error(v0, a_star)`",
-    )
-
-
-def check_eps(fn: str, eps, *, any_rotation: bool) -> None:
-    # d(B0, B*) (the Procrustes minimum) is at most sqrt(2) for orthonormal rows; the bounds
-    # that also accept ||B0 - U B*||_2 for any fixed orthogonal U allow up to ||B0|| + ||B*|| = 2.
-    top, top_s = (2.0, "2") if any_rotation else (_SQRT2, "sqrt(2)")
-    check(
-        fn,
-        "eps",
-        eps,
-        lo=0.0,
-        hi=top * (1.0 + _RANGE_SLACK),
-        what=f"a finite number in [0, {top_s}] (a feature distance ||B0 - U B*||_2 between "
-        "orthonormal rows)",
-        fix="compute it with `procrustes(B0, B_star)[0]` (rows of B0 and B* orthonormal)",
-    )
-
-
-def check_c(fn: str, name: str, c) -> None:
-    check(
-        fn,
-        name,
-        c,
-        lo=0.0,
-        hi=1.0 + _RANGE_SLACK,
-        what="a finite number in [0, 1] (a singular value of a projection of B0^T)",
-        fix="take it from `linfeat.theory.problem_constants(problem, v0)`",
-    )
-
-
-def check_c_S(fn: str, c_S) -> None:
-    check(
-        fn,
-        "c_S",
-        c_S,
+    ),
+    "c_perp": _C,
+    "c_S": dict(
         lo=0.0,
         hi=1.0 + _RANGE_SLACK,
         lo_open=True,
         what="a finite number in (0, 1] (R7 needs c_S = sigma_k(Pi_S B0^T) > 0: X B0^T of full "
         "column rank, a unique linear probe)",
-        fix="take it from `linfeat.theory.problem_constants(problem, v0)`; "
-        "with c_S = 0 R7 gives no bound",
-    )
-
-
-def check_lam(fn: str, name: str, lam) -> None:
-    check(
-        fn,
-        name,
-        lam,
-        lo=0.0,
-        what="a finite number >= 0 (an eigenvalue of the PSD second moment Sigma)",
-        fix="clip a rounding-level negative eigenvalue at 0",
-    )
-
-
-def check_kappa(fn: str, kap) -> None:
-    check(
-        fn,
-        "kappa",
-        kap,
+        fix=_CONST_FIX + "; with c_S = 0 R7 gives no bound",
+    ),
+    "lam_min": _LAM,
+    "lam_max": _LAM,
+    "lam_perp": _LAM,
+    "kappa": dict(
         lo=1.0 - _RANGE_SLACK,
         what="a finite number >= 1 (the condition number of X on its row space)",
-        fix="compute it with `kappa(X)` (X must not be zero)",
-    )
-
-
-def check_delta(fn: str, delta) -> None:
-    check(
-        fn,
-        "delta",
-        delta,
+        fix=_KAPPA_FIX,
+    ),
+    "delta": dict(
         lo=0.0,
         hi=1.0,
         lo_open=True,
         hi_open=True,
         what="in the open interval (0, 1) (a failure probability)",
         fix="pass a probability strictly between 0 and 1",
-    )
-
-
-def check_sigma(fn: str, sigma) -> None:
-    check(
-        fn,
-        "sigma",
-        sigma,
+    ),
+    "sigma": dict(
         lo=0.0,
         lo_open=True,
         what="a finite number > 0 (the standard deviation of each head coordinate)",
         fix="pass a positive head scale",
-    )
+    ),
+    "k": dict(lo=1.0, what="a number of features >= 1", fix="pass k = B0.shape[0]"),
+}
+
+
+def check_args(fn: str, rules: dict | None = None, **args) -> None:
+    """`check` of each keyword argument under its rule: `rules[name]`, else `RULES[name]`."""
+    rules = rules or {}
+    for name, x in args.items():
+        check(fn, name, x, **rules.get(name, RULES[name]))
 
 
 def check_matrix(fn: str, name: str, M, ndim: int) -> None:

@@ -25,6 +25,8 @@ class Trajectory(NamedTuple):
     state.
     """
 
+    # Typed field declarations (jaxtyping shapes); Problem, Reduced and Trajectory each declare
+    # their own, so `duplicates` pairs these same-shape lines: declarations, not logic.
     ts: Float[Array, " T"]
     v: Float[Array, "T k"]
     A: Float[Array, "T k r"] | None

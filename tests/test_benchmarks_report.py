@@ -17,6 +17,16 @@ def nvb(workload, batch, path, with_metrics, traj_per_s):
     )  # fmt: skip
 
 
+def compile_row(first_call_s, run_s, *, recompiled):
+    """One entry of the compile-cache measurement: a third call recompiles iff `recompiled`."""
+    compile_s = first_call_s - run_s
+    return dict(
+        first_call_s=first_call_s, run_s=run_s, compile_s=compile_s,
+        compile_events_s=compile_s - 0.1, cache_before=0, cache_after=1,
+        cache_after_third=2 if recompiled else 1, recompiled=recompiled,
+    )  # fmt: skip
+
+
 def result(*, natural=(300.0, 300.0), batch=(400.0, 400.0), old=(350.0, 100.0), same_t=3e-10,
            baseline_err=2e-9, peak_gb=2.8, recompiled=False, old_error=False):  # fmt: skip
     rows = []
@@ -68,27 +78,9 @@ def result(*, natural=(300.0, 300.0), batch=(400.0, 400.0), old=(350.0, 100.0), 
         compile=dict(
             shape=dict(d=200, n=24),
             batch=64,
-            fine_tune=dict(
-                first_call_s=20.0,
-                run_s=0.01,
-                compile_s=20.0,
-                compile_events_s=19.9,
-                cache_before=0,
-                cache_after=1,
-                cache_after_third=1,
-                recompiled=False,
-            ),
-            fine_tune_batch=dict(
-                first_call_s=30.0,
-                run_s=0.5,
-                compile_s=29.5,
-                compile_events_s=29.4,
-                cache_before=0,
-                cache_after=1,
-                cache_after_third=2 if recompiled else 1,
-                recompiled=recompiled,
-            ),
-        ),  # fmt: skip
+            fine_tune=compile_row(20.0, 0.01, recompiled=False),
+            fine_tune_batch=compile_row(30.0, 0.5, recompiled=recompiled),
+        ),
         memory=dict(
             n=100_000,
             peak_rss_gb=peak_gb,

@@ -26,13 +26,8 @@ TINY = C.Config(
     # k long, are kept per group; a k-vector among the concatenated fields broke --quick)
     groups=(C.Group(10, 1, 4, reps=1), C.Group(10, 2, 4, reps=1)),
     full_mode=C.Group(10, 1, 4, reps=1),
-    mc_samples=4000,
-    mc_instances=8,
-    r6_mc=4000,
-    search_pop=36,
-    search_rounds=2,
-    toy_grid=6,
-)
+    mc_samples=4000, mc_instances=8, r6_mc=4000, search_pop=36, search_rounds=2, toy_grid=6,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

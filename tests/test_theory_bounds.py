@@ -85,24 +85,12 @@ def make_instance(rng, *, d, k, m, n, eps, a=None):
     Pi_S = Q @ Q.T
     Pi_perp = np.eye(d) - Pi_S
     s_X = np.linalg.svd(X, compute_uv=False)
+    c_S, c_perp = (np.linalg.svd(P @ B0.T, compute_uv=False)[k - 1] for P in (Pi_S, Pi_perp))
     return dict(
-        B_star=B_star,
-        B0=B0,
-        R=R,
-        v_star=v_star,
-        a_star=R @ v_star,
-        w_star=B_star.T @ v_star,
-        a=a,
-        eps=eps,
-        Q=Q,
-        X=X,
-        Pi_S=Pi_S,
-        Pi_perp=Pi_perp,
-        c_S=np.linalg.svd(Pi_S @ B0.T, compute_uv=False)[k - 1],
-        c_perp=np.linalg.svd(Pi_perp @ B0.T, compute_uv=False)[k - 1],
-        kappa=s_X[0] / s_X[m - 1],
-        Sigma=_spd(rng, d),
-    )
+        B_star=B_star, B0=B0, R=R, v_star=v_star, a_star=R @ v_star, w_star=B_star.T @ v_star,
+        a=a, eps=eps, Q=Q, X=X, Pi_S=Pi_S, Pi_perp=Pi_perp, c_S=c_S, c_perp=c_perp,
+        kappa=s_X[0] / s_X[m - 1], Sigma=_spd(rng, d),
+    )  # fmt: skip
 
 
 def _phi_np(v0, a_star):

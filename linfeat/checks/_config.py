@@ -127,6 +127,39 @@ class Sub:
         return "FAIL" if bad else "PASS"
 
 
+def threshold_row(
+    name: str,
+    label: str,
+    values,
+    tol: float,
+    *,
+    above: bool = False,
+    nonconverged: int = 0,
+    rule: str | None = None,
+    worst_name: str | None = None,
+    strict_convergence: bool = False,
+) -> Sub:
+    """A rigorous row: every value is `<= tol` (or `> tol` with `above`), one per instance.
+
+    `values` holds the instances of the row only. A NaN value is a violation either way (it
+    is neither `<= tol` nor `> tol`). The worst value is the max (the min with `above`).
+    """
+    values = np.asarray(values, float)
+    ok = values > tol if above else values <= tol
+    return Sub(
+        name,
+        label,
+        RIGOROUS,
+        rule or f"{'>' if above else '<='} {tol:g}",
+        int(values.size),
+        int(np.sum(~ok)),
+        nonconverged,
+        worst_name or ("min" if above else "max"),
+        _min(values) if above else _max(values),
+        strict_convergence,
+    )
+
+
 @dataclasses.dataclass
 class CheckResult:
     """Structured record of one result's check (-> JSON and one section of paper_checks.md)."""
