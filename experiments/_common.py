@@ -3,11 +3,12 @@
 Every experiment is `compute(config, checkpoint) -> dict of arrays` plus
 `plot(results, config, outdir)`; `linfeat reproduce` (linfeat/_reproduce.py) caches the
 results (`.npz` + a JSON with the config, seed and package versions) and draws the figures
-(STYLE.md 15: compute, then draw). Matplotlib is imported only inside the plotting helpers.
+(compute, then draw). Matplotlib is imported only inside the plotting helpers.
 
-Batched flows: one jitted `vmap` of `lf.fine_tune` (or `lf.linear_probe_flow`) over a fixed
-chunk of problems, with the save times an argument, so every experiment of a run that uses the
-same dimensions and chunk size shares one compilation (about 5 s of CPU each).
+Batched flows: `solve` calls the library's batch path, `lf.fine_tune_batch` (FT, or the LP
+flow), with its default tolerances, in fixed chunks of problems and with the save times an
+argument, so every experiment of a run that uses the same dimensions and chunk size shares one
+compilation.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each experiment script (`experiments/<name>.py`, at the repository root) defines
 `CONFIGS = {"quick": ..., "full": ...}`, `compute(config, checkpoint) -> dict of arrays` and
-`plot(results, config, outdir)` (STYLE.md 15: compute, then draw). Raw results go to
+`plot(results, config, outdir)` (compute, then draw). Raw results go to
 `<out>/<mode>/<name>.npz` with `<name>.json` (config, seed, package versions, cache key, run
 time). The cache key hashes the config and the sources of the script, of
 `experiments/_common.py` and of the `linfeat` package, so an unchanged experiment is not
