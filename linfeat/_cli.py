@@ -1,7 +1,8 @@
 """The `linfeat` command: version, environment, and the project's jobs.
 
-Subcommands: `info`; `check` (paper_checks.md, docs/theory.md R1-R13); `reproduce` (figures);
-`bench` (benchmarks). Entry points switch on float64; the library itself never does.
+Subcommands: `info`; `check` (paper_checks.md, docs/theory.md T1, T2, R1-R13); `mutate` (the
+checks' mutation score); `reproduce` (figures); `bench` (benchmarks). Entry points switch on
+float64; the library itself never does.
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def _info(args) -> int:
 _JOBS = {
     "check": (
         "linfeat.checks",
-        "run the checks of docs/theory.md R1-R13 and write paper_checks.md",
+        "run the checks of docs/theory.md T1, T2, R1-R13 and write paper_checks.md",
+    ),
+    "mutate": (
+        "linfeat.checks._mutants",
+        "plant known bugs in a copy of the package; `linfeat check --quick` must catch each",
     ),
     "reproduce": ("linfeat._reproduce", "run the experiments and draw the figures"),
     "bench": ("linfeat._bench", "run the benchmark suite (see benchmarks/)"),

@@ -23,13 +23,14 @@ from ._config import (
     _min,
     _pd_mask,
     _ranges,
+    formula_row,
     threshold_row,
 )
 
 # --- R8, R11: LP beats FT as eps -> 0; early stopping does not help ----------------------------
 
 
-def _lp_beats_ft_row(data, name: str, label: str) -> Sub:
+def _lp_beats_ft_row(data, name: str, label: str, corollary_of: str) -> Sub:
     """LP's OOD error below FT's at every saved t, on the PD instances below R8's threshold.
 
     R8's rigorous row; R11 restates the same comparison on the same instances.
@@ -46,6 +47,7 @@ def _lp_beats_ft_row(data, name: str, label: str) -> Sub:
         _converged(data["ft"], below),
         "max sqrt(L_LP) / min_t sqrt(L_FT)",
         _max(lp[below] / np.maximum(ft_min[below], 1e-300)),
+        corollary_of=corollary_of,
     )
 
 
@@ -65,6 +67,8 @@ def check_r8(data, extra) -> CheckResult:
             data,
             "eps below the explicit threshold => sqrt(L_ood(LP)) < min_t sqrt(L_ood(FT(t)))",
             "[derived]",
+            # the threshold is where R5's lower bound on FT passes R7's upper bound on LP
+            corollary_of="R5, R7",
         ),
         Sub(
             "L_ood(LP) / min_t L_ood(FT) shrinks as eps -> 0",
@@ -77,6 +81,7 @@ def check_r8(data, extra) -> CheckResult:
             "median at the smallest eps > 0",
             med[f"eps={sorted(set(meta['eps_knob']) - {0.0})[0]:g}"][0] if len(med) > 1 else None,
         ),
+        formula_row(data, "R8", "threshold"),
     ]
     return CheckResult(
         "R8",
@@ -109,8 +114,9 @@ def check_r11(data, extra) -> CheckResult:
         _lp_beats_ft_row(
             data,
             "best early-stopped FT (min over saved t) worse than LP below the R8 threshold "
-            "(corollary: R8's first row)",
+            "(R8's first row again)",
             "[paper]",
+            corollary_of="R5, R7 (via R8)",
         ),
         # an observation row: the same nine Sub fields as R8's (every row of every check is one
         # Sub record; `duplicates` pairs two such records here)
@@ -206,6 +212,7 @@ def check_r12(data, extra) -> CheckResult:
             "max",
             _max(ft_in[inside & conv]),
             strict_convergence=True,
+            corollary_of="R9",  # FT fits S (R9's first row) and Sigma lives on S
         ),
         # nonzero at the resolution at which the row above calls FT's zero (see check_r9:
         # FT's value is the solver's error at the stop; "1e3 x FT's" failed one instance of
@@ -217,6 +224,7 @@ def check_r12(data, extra) -> CheckResult:
             TOL["fit"],
             above=True,
             rule=f"sqrt(L_ood(LP)) / (1 + a) > {TOL['fit']:g}",
+            corollary_of="R9",  # LP misfits S (R9's second row) and Sigma lives on S
         ),
         Sub(
             "(b) 2-D toy: FT flow limit error^2 vs (v0^2 + sqrt(v0^4 + 4a^2))/2",

@@ -29,6 +29,7 @@ from ._config import (
     _converged,
     _min,
     _ranges,
+    formula_row,
 )
 from ._search import _BOUNDS
 
@@ -146,6 +147,7 @@ def check_r5(data, extra) -> CheckResult:
             "min ratio found",
             srch_r["best_ratio"],
         ),
+        formula_row(data, "R5", "delta0, rigorous, printed"),
     ]
     numbers = {
         "instances with a non-vacuous rigorous bound": int(nonvac.sum()),

@@ -21,6 +21,7 @@ from ._config import (
     _max,
     _pd_mask,
     _ranges,
+    formula_row,
     threshold_row,
 )
 
@@ -179,6 +180,7 @@ def check_r7(data, extra) -> CheckResult:
             worst_name="max ratio",
         ),
         threshold_row("eps = 0: ||e_lp|| / (1 + a)", "[derived]", z_res, TOL["exact"]),
+        formula_row(data, "R7", "both bounds"),
     ]
     by_eps = {
         f"eps={e:g}": _max(r_err[meta["eps_knob"][pos] == e])

@@ -18,6 +18,8 @@ import numpy as np
 
 from .._io import atomic_write_text
 from ._config import RIGOROUS, TOL, CheckResult
+from ._mutants import load as load_mutants
+from ._mutants import markdown_section
 
 
 def _fmt(x) -> str:
@@ -153,16 +155,27 @@ def write_markdown(
         "",
         "## Summary",
         "",
-        "| id | result | label | verdict | instances | violations | key number |",
-        "|---|---|---|---|---|---|---|",
+        "Independent instances: the largest count of a rigorous row that is not a corollary "
+        "(a row that restates other results on the same instances still fails the check when "
+        "violated, but is not counted as evidence); exceedances: what the observation rows "
+        "count (reported, never asserted).",
+        "",
+        "| id | result | label | verdict | independent instances | violations | exceedances "
+        "(observations) | key number |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         main = r.subs[0]
-        n = max(s.n for s in r.subs)
+        own = [s.n for s in r.subs if s.kind == RIGOROUS and s.corollary_of is None]
+        cors = sorted({s.corollary_of for s in r.subs if s.corollary_of})
+        n = str(max(own)) if own else "-"
+        if cors:
+            n += f" (corollary rows: of {'; '.join(cors)})"
         viol = sum((s.violations or 0) for s in r.subs if s.kind == RIGOROUS)
+        obs = [s.violations for s in r.subs if s.kind != RIGOROUS and s.violations is not None]
         lines.append(
             f"| {r.id} | {r.title} | {r.label} | **{r.verdict}** | {n} | {viol} | "
-            f"{main.worst_name} {_fmt(main.worst)} |"
+            f"{sum(obs) if obs else '-'} | {main.worst_name} {_fmt(main.worst)} |"
         )
     lines.append("")
     args_str = command.split("linfeat check", 1)[-1].strip()
@@ -183,8 +196,9 @@ def write_markdown(
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for s in r.subs:
+            kind = s.kind + (f" (corollary of {s.corollary_of})" if s.corollary_of else "")
             lines.append(
-                f"| {s.name} | {s.label} | {s.kind} | {s.rule} | {s.n} | {_fmt(s.violations)} | "
+                f"| {s.name} | {s.label} | {kind} | {s.rule} | {s.n} | {_fmt(s.violations)} | "
                 f"{s.nonconverged} | {s.worst_name} {_fmt(s.worst)} | {s.verdict} |"
             )
         nums = {k: v for k, v in r.numbers.items() if not k.startswith("_")}
@@ -196,6 +210,7 @@ def write_markdown(
             rel = os.path.relpath(r.figure, os.path.dirname(os.path.abspath(path)) or ".")
             lines += ["", f"![{r.id}]({rel})"]
         lines.append("")
+    lines += markdown_section(load_mutants())
     atomic_write_text(path, "\n".join(lines))
     del fig_rel
 

@@ -1,4 +1,4 @@
-r"""Orchestration and command line of `linfeat check` (docs/theory.md R1-R13).
+r"""Orchestration and command line of `linfeat check` (docs/theory.md T1, T2, R1-R13).
 
 `run_checks` runs the sampling, the extra runs that the requested checks need and the checks
 themselves, in the fixed order of `ALL_IDS`; `add_arguments` and `run` are the `linfeat check`
@@ -23,17 +23,19 @@ from ._config import FULL, QUICK, TOL, CheckResult, Config
 from ._invariants import check_r1, check_r2
 from ._lower_bound import check_r5, check_r6
 from ._lp import check_r3, check_r4, check_r7, check_r9
+from ._oracles import _extra_k1, _extra_pairs, check_t1, check_t2
 from ._report import _json_default, write_figures, write_markdown
-from ._sampling import _dense_ood, _extra_full, _extra_lp_flow, _extra_toy, collect
+from ._sampling import _dense_ood, _extra_lp_flow, _extra_toy, collect
 from ._search import _extra_counterexample, worst_case_search
 
-ALL_IDS = tuple(f"R{i}" for i in range(1, 14))
+# T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13
+ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
 
 
 def run_checks(
     cfg: Config, seed: int = 0, only=None, progress: bool = True, timings: dict | None = None
 ) -> list[CheckResult]:
-    """Runs the requested checks (all of R1-R13 by default) and returns their records.
+    """Runs the requested checks (all of `ALL_IDS` by default) and returns their records.
 
     `timings`, if given, receives the wall-clock seconds of each stage.
     """
@@ -41,31 +43,38 @@ def run_checks(
 
     only = set(ALL_IDS if not only else only)
     needs_extra = {
-        "full": {"R1", "R2"},
+        "k1": {"T1"},
+        "full": {"R1", "R2", "T2"},
         "lp_flow": {"R4"},
         "counterexample": {"R5"},
         "search_printed": {"R5"},
         "search_rigorous": {"R5"},
         "toy": {"R12"},
     }
+    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1 and T2 alone
+    # run only their own instances
+    sampled = bool(only - {"T1", "T2"})
     stages = (
         ["collect"]
         + [k for k, ids in needs_extra.items() if ids & only]
         + sorted(only, key=ALL_IDS.index)
     )
     bar = tqdm(
-        total=len(cfg.groups) + len(stages) - 1,
+        total=(len(cfg.groups) if sampled else 0) + len(stages) - 1,
         desc="linfeat check",
         disable=not progress,
         file=sys.stderr,
     )
     t0 = time.perf_counter()
-    bar.set_postfix_str("sampling and solving")
-    data = collect(cfg, seed, progress=bar)
-    timings["sample and solve (all groups)"] = time.perf_counter() - t0
+    data = None
+    if sampled:
+        bar.set_postfix_str("sampling and solving")
+        data = collect(cfg, seed, progress=bar)
+        timings["sample and solve (all groups)"] = time.perf_counter() - t0
     extra = {"v0_norm2": None}
     extra_fns = {
-        "full": lambda: _extra_full(cfg, seed),
+        "k1": lambda: _extra_k1(cfg, seed),
+        "full": lambda: _extra_pairs(cfg, seed),
         "lp_flow": lambda: _extra_lp_flow(cfg, data),
         "counterexample": _extra_counterexample,
         "search_printed": lambda: worst_case_search(cfg, seed, "printed"),
@@ -80,10 +89,12 @@ def run_checks(
             timings[name] = time.perf_counter() - t
             release_compiled_programs()
             bar.update(1)
-    extra["v0_norm2"] = data["meta"]["v0_norm2"]
-    idx, dense = _dense_ood(data)
-    extra["dense_idx"], extra["dense_ood"] = idx, dense
+    if sampled:
+        extra["v0_norm2"] = data["meta"]["v0_norm2"]
+        extra["dense_idx"], extra["dense_ood"] = _dense_ood(data)
     fns = {
+        "T1": check_t1,
+        "T2": check_t2,
         "R1": check_r1,
         "R2": check_r2,
         "R3": lambda d, e: check_r3(d, e, cfg, seed),
@@ -118,7 +129,7 @@ def run_checks(
 def add_arguments(parser) -> None:
     """Arguments of `linfeat check`."""
     parser.add_argument("--quick", action="store_true", help="small sample (< 2 min on 2 cores)")
-    parser.add_argument("--only", default=None, help="comma-separated result ids, e.g. R5,R7")
+    parser.add_argument("--only", default=None, help="comma-separated result ids, e.g. T1,R5,R7")
     parser.add_argument(
         "--json", default=None, metavar="PATH", help="also write the records as JSON"
     )

@@ -1,11 +1,11 @@
 r"""Sampling and the batched flows whose records every check of R1-R13 reads.
 
 One instance is written per function (`_prepare`: constants, bounds and the linear probe;
-`_flow_record`: FT or LP-FT; `_full_record`: FT in R^d; `_lp_flow_record`: the LP flow), vmapped
-and jitted once per shape (`_jitted`) and run in fixed-size chunks (`_run_chunked`). `collect`
-samples every shape group of a `Config` over the knob grid and returns numpy records; the
-`_extra_*` producers add the runs that single checks need (the full-space flow for R1, R2, the
-LP flow for R4, the 2-D toy for R12) and `_dense_ood` the dense e^T Sigma e of R3
+`_flow_record`: FT or LP-FT; `_lp_flow_record`: the LP flow), vmapped and jitted once per
+shape (`_jitted`) and run in fixed-size chunks (`_run_chunked_fn`). `collect` samples every
+shape group of a `Config` over the knob grid and returns numpy records; the `_extra_*`
+producers add the runs that single checks need (the LP flow for R4, the 2-D toy for R12; the
+full-space flow of R1, R2 and T2 is in `_oracles`) and `_dense_ood` the dense e^T Sigma e of R3
 (docs/theory.md). All are pure functions of the configuration and the seed.
 """
 
@@ -23,7 +23,7 @@ from .._chunking import chunks, pad_rows
 from .._closed_form import linear_probe
 from .._cov import SubspaceCov, to_dense
 from .._eigh import eigvalsh
-from .._flow import default_grad_tol, default_tolerances, fine_tune, linear_probe_flow
+from .._flow import default_grad_tol, default_tolerances, fine_tune, linear_probe_flow, lp_ft
 from .._generate import make_problem
 from .._geometry import project_S
 from .._metrics import ood_error
@@ -82,9 +82,13 @@ def _prepare(problem: Problem, v0):
     )
 
 
-def _flow_record(problem: Problem, v0, grad_tol):
-    """FT from `v0`: status and the error curves at the saved times (reduced coordinates)."""
-    tr = fine_tune(problem, v0, check=False, grad_tol=grad_tol, **SOLVER)
+def _flow_record(problem: Problem, v0, grad_tol, lpft: bool = False):
+    """FT from `v0` (LP-FT through `lp_ft`, the probe started from `v0`, with `lpft`): status
+    and the error curves at the saved times (reduced coordinates)."""
+    if lpft:
+        tr = lp_ft(problem, v0=v0, check=False, grad_tol=grad_tol, **SOLVER)
+    else:
+        tr = fine_tune(problem, v0, check=False, grad_tol=grad_tol, **SOLVER)
     e = jnp.einsum("tkd,tk->td", tr.B, tr.v) - problem.w_star
     e_S = project_S(problem, e)
     return dict(
@@ -102,41 +106,38 @@ def _flow_record(problem: Problem, v0, grad_tol):
     )
 
 
-def _full_record(problem: Problem, v0, grad_tol):
-    """FT integrated in R^d (mode='full'): the R1 and R2 invariants, independent of reduction."""
-    tr = fine_tune(problem, v0, check=False, grad_tol=grad_tol, mode="full", **SOLVER)
-    return dict(
-        status=tr.status,
-        feat_perp=tr.metrics.feature_change_perp,
-        drift=tr.metrics.balancedness_drift,
-    )
-
-
 def _lp_flow_record(problem: Problem, v0, grad_tol):
     """The LP flow (B frozen) from `v0`: its limit, to compare with a* (R4)."""
     tr = linear_probe_flow(problem, v0, check=False, grad_tol=grad_tol, **SOLVER)
     return dict(status=tr.status, v_final=tr.v_final, ood_final=tr.metrics.ood_error[-1])
 
 
+_RECORDS = {
+    "prepare": _prepare,
+    "flow": _flow_record,
+    "lpft": functools.partial(_flow_record, lpft=True),
+    "lp_flow": _lp_flow_record,
+}
+
+
 @functools.cache
-def _jitted(name: str):
-    fn = {
-        "prepare": _prepare,
-        "flow": _flow_record,
-        "full": _full_record,
-        "lp_flow": _lp_flow_record,
-    }
-    return jax.jit(jax.vmap(fn[name]))
+def _jitted(fn):
+    return jax.jit(jax.vmap(fn))
 
 
 def _run_chunked(name: str, chunk: int, *args):
-    """Applies the vmapped `name` in fixed-size chunks (one compile per shape), padding the tail."""
+    """`_run_chunked_fn` of the record function `name` (`_RECORDS`)."""
+    return _run_chunked_fn(_RECORDS[name], chunk, *args)
+
+
+def _run_chunked_fn(fn, chunk: int, *args):
+    """Applies `jit(vmap(fn))` in fixed-size chunks (one compile per shape), padding the tail."""
     n = jax.tree.leaves(args)[0].shape[0]
     spans, _ = chunks(n, chunk)
     size = chunk  # every chunk at the configured size, small groups too: one compile per shape
     out = []
     for lo, hi in spans:
-        res = _jitted(name)(*pad_rows(jax.tree.map(lambda x: x[lo:hi], args), size))
+        res = _jitted(fn)(*pad_rows(jax.tree.map(lambda x: x[lo:hi], args), size))
         out.append(jax.tree.map(lambda x: np.asarray(x[: hi - lo]), res))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
@@ -195,9 +196,9 @@ def collect(cfg: Config, seed: int, progress=None) -> dict:
         ft = _run_chunked("flow", cfg.chunk, problems, v0, jnp.asarray(prep["grad_tol"]))
         # per-instance vectors (k-sized: v_lp0, a_star) differ between groups: kept per group
         vectors = {name: prep.pop(name) for name in [n for n, x in prep.items() if x.ndim > 1]}
-        v_lp0 = jnp.asarray(vectors["v_lp0"])
         gt_lpft = jnp.asarray(prep.pop("grad_tol_lp"))
-        lpft = _run_chunked("flow", cfg.chunk, problems, v_lp0, gt_lpft)
+        # LP-FT through the public `lp_ft` (probe from 0, the minimum-norm v_lp0, then FT)
+        lpft = _run_chunked("lpft", cfg.chunk, problems, jnp.zeros_like(v0), gt_lpft)
         e_final = ft.pop("e_final")
         lpft.pop("e_final")
         meta["v0_norm2"] = np.sum(np.asarray(v0) ** 2, axis=1)
@@ -228,16 +229,8 @@ def _mc_inputs(problems, e_final, num):
 
 
 # ---------------------------------------------------------------------------------------
-# Extra runs: full-space flow, LP flow, toy; dense OOD loss of the Monte-Carlo instances
+# Extra runs: LP flow, toy; dense OOD loss of the Monte-Carlo instances
 # ---------------------------------------------------------------------------------------
-
-
-def _extra_full(cfg: Config, seed: int):
-    g = cfg.full_mode
-    problems, v0, meta = _sample_group(jax.random.PRNGKey(seed + 101), g, cfg)
-    gt = jax.vmap(_grad_tol)(problems, v0)
-    rec = _run_chunked("full", cfg.chunk, problems, v0, gt)
-    return dict(rec=rec, k=g.k, v0_norm2=np.sum(np.asarray(v0) ** 2, axis=1), shape=[g.d, g.k, g.m])
 
 
 def _extra_lp_flow(cfg: Config, data):

@@ -1,0 +1,275 @@
+r"""Mutation testing of `linfeat check`: plausible bugs that the checks must catch.
+
+Each `Mutant` is one edit a careful person could make by mistake (a factor of two in the
+flow's time, a flipped gradient, a projection left out of a constant, a basis column lost,
+a stopping test far too loose, ...). `run_mutants` copies the package to a temporary folder,
+applies one edit (its text must occur exactly once), and runs `linfeat check --quick` on the
+copy in a fresh process. A mutant is **caught** when that run reports a rigorous FAIL (exit
+status 1); a crash is reported separately, and a clean exit means the checks could not see
+the bug. The unmodified copy runs first and must pass. `linfeat mutate` runs every mutant and
+writes `results/mutants.json`, which `linfeat check` shows in paper_checks.md with its score
+and whether the package source has changed since (docs/theory.md, section 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .._io import atomic_write_text
+
+PACKAGE = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = "results/mutants.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """One bug: replace `old` by `new` in `path` (relative to the package folder)."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    bug: str  # the mistake, in words
+
+
+MUTANTS = (
+    Mutant(
+        "time x 2",
+        "_flows.py",
+        "        return -2.0 * (A @ rho), dA\n",
+        "        return -4.0 * (A @ rho), 2.0 * dA\n",
+        "the reduced FT field is twice the gradient (a flow at twice the paper's time)",
+    ),
+    Mutant(
+        "gradient sign",
+        "_flows.py",
+        "        return -2.0 * (A @ rho), dA\n",
+        "        return 2.0 * (A @ rho), -dA\n",
+        "gradient ascent instead of descent",
+    ),
+    Mutant(
+        "feature rate / 2",
+        "_flows.py",
+        "        dA = -2.0 * jnp.outer(v, rho) if self.train_features else jnp.zeros_like(A)\n",
+        "        dA = -1.0 * jnp.outer(v, rho) if self.train_features else jnp.zeros_like(A)\n",
+        "the features' gradient loses its factor 2 (the head's keeps it)",
+    ),
+    Mutant(
+        "basis column dropped",
+        "_reduce.py",
+        "    Q, _, mask = row_space_basis(X)\n",
+        "    Q, _, mask = row_space_basis(X)\n    Q = Q.at[:, 0].set(0.0)\n",
+        "the reduced basis of S loses its first column",
+    ),
+    Mutant(
+        "c_perp without Pi_perp",
+        "_geometry.py",
+        "    sP = singular_values(problem.B0 - BS)\n",
+        "    sP = singular_values(problem.B0)\n",
+        "c_perp computed as sigma_k(B0^T), the projection on S-perp left out",
+    ),
+    Mutant(
+        "delta0 x 1.5",
+        "_bounds.py",
+        "    return jnp.minimum(\n        jnp.minimum(1.0, q_prime",
+        "    return 1.5 * jnp.minimum(\n        jnp.minimum(1.0, q_prime",
+        "the rigorous R5 constant delta0 inflated by 1.5",
+    ),
+    Mutant(
+        "LP off by 1e-6",
+        "_closed_form.py",
+        "    return v0 + lstsq(A, problem.Y - A @ v0)\n",
+        "    return (v0 + lstsq(A, problem.Y - A @ v0)) * (1.0 + 1e-6)\n",
+        "the closed-form linear probe off by a relative 1e-6",
+    ),
+    Mutant(
+        "OOD metric uses the ID moment",
+        "_metrics.py",
+        "        ood_error=jnp.maximum(c @ red.ood_gram @ c, 0.0),\n",
+        "        ood_error=jnp.maximum(c @ red.id_gram @ c, 0.0),\n",
+        "the OOD error computed with the ID second moment",
+    ),
+    Mutant(
+        "stopping test x 1e6",
+        "_engine.py",
+        "    return grad_scale * lam_max * (1 + jnp.linalg.norm(Y))",
+        "    return 1e6 * grad_scale * lam_max * (1 + jnp.linalg.norm(Y))",
+        "the default convergence threshold 1e6 times too loose",
+    ),
+    Mutant(
+        "LP-FT skips the probe",
+        "_flow.py",
+        "    if lp_init:\n        v0 = linear_probe(problem, v0)\n",
+        "    if lp_init:\n        v0 = v0\n",
+        "LP-FT starts FT from its initial head instead of the linear probe",
+    ),
+)
+
+
+def source_hash(root: Path = PACKAGE) -> str:
+    """SHA-256 of the package's Python sources (paths and contents), to tell a stale score."""
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def apply(mutant: Mutant, root: Path) -> None:
+    """Applies `mutant` to the package copy at `root`; its text must occur exactly once."""
+    f = root / mutant.path
+    text = f.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise ValueError(
+            f"mutant {mutant.name!r}: its text occurs {count} times in {mutant.path} (needs "
+            "exactly 1); update `linfeat/checks/_mutants.py` to the current source."
+        )
+    f.write_text(text.replace(mutant.old, mutant.new))
+
+
+def _run_copy(mutant: Mutant | None, check_args: list[str], timeout: float) -> dict:
+    """`linfeat check` on a copy of the package with `mutant` applied (None: unmodified)."""
+    with tempfile.TemporaryDirectory(prefix="linfeat-mutant-") as tmp:
+        tmp = Path(tmp)
+        shutil.copytree(PACKAGE, tmp / "linfeat", ignore=shutil.ignore_patterns("__pycache__"))
+        if mutant is not None:
+            apply(mutant, tmp / "linfeat")
+        out = tmp / "checks.json"
+        env = {**os.environ, "PYTHONPATH": str(tmp)}
+        cmd = [sys.executable, "-m", "linfeat._cli", "check", *check_args, "--no-progress"]
+        cmd += ["--json", str(out), "--output", str(tmp / "paper_checks.md"), "--figures", ""]
+        probe = subprocess.run(
+            [sys.executable, "-c", "import linfeat; print(linfeat.__file__)"],
+            env=env, cwd=tmp, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        if not probe.stdout.strip().startswith(str(tmp)):
+            raise RuntimeError(f"the copy is not the package imported: {probe.stdout.strip()}")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=timeout
+            )
+            rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
+        except subprocess.TimeoutExpired:
+            rc, tail = None, f"timed out after {timeout:.0f} s"
+        seconds = time.perf_counter() - t0
+        failed = []
+        if rc in (0, 1) and out.exists():
+            failed = [
+                r["id"] for r in json.loads(out.read_text())["results"] if r["verdict"] == "FAIL"
+            ]
+    outcome = {0: "survived", 1: "caught"}.get(rc, "crashed")
+    return dict(
+        rc=rc,
+        outcome=outcome,
+        failed=failed,
+        seconds=seconds,
+        tail=tail if outcome == "crashed" else "",
+    )
+
+
+def run_mutants(
+    mutants=MUTANTS, check_args=("--quick",), timeout: float = 1800.0, progress: bool = True
+) -> dict:
+    """The clean copy, then every mutant, through `linfeat check <check_args>`; a record."""
+    check_args = list(check_args)
+    clean = _run_copy(None, check_args, timeout)
+    if progress:
+        print(f"clean copy: {clean['outcome']} ({clean['seconds']:.0f} s)", file=sys.stderr)
+    rows = []
+    for i, m in enumerate(mutants):
+        res = _run_copy(m, check_args, timeout)
+        rows.append(dict(name=m.name, path=m.path, bug=m.bug, **res))
+        if progress:
+            print(
+                f"[{i + 1}/{len(mutants)}] {m.name}: {res['outcome']} "
+                f"({', '.join(res['failed']) or '-'}; {res['seconds']:.0f} s)",
+                file=sys.stderr,
+            )
+    caught = sum(r["outcome"] == "caught" for r in rows)
+    return dict(
+        command="linfeat check " + " ".join(check_args),
+        source_hash=source_hash(),
+        clean=clean,
+        mutants=rows,
+        caught=caught,
+        total=len(rows),
+        score=caught / max(len(rows), 1),
+    )
+
+
+def markdown_section(record: dict | None) -> list[str]:
+    """paper_checks.md's "Mutation testing" section from a `run_mutants` record (or none)."""
+    lines = ["## Mutation testing", ""]
+    if record is None:
+        return lines + [f"No record: run `linfeat mutate` (writes {DEFAULT_OUT}).", ""]
+    stale = record["source_hash"] != source_hash()
+    state = (
+        " (**stale**: the source has changed since; rerun `linfeat mutate`)."
+        if stale
+        else " (the current source)."
+    )
+    lines += [
+        f"- Score: **{record['caught']} of {record['total']}** mutants caught by "
+        f"`{record['command']}` (a rigorous FAIL); the unmodified package: "
+        f"{'passes' if record['clean']['outcome'] == 'survived' else 'DOES NOT PASS'}.",
+        f"- Recorded on {record.get('date', '?')} for package source {record['source_hash']}"
+        + state,
+        "- Harness: `linfeat/checks/_mutants.py` (one edit per mutant, applied to a copy of the "
+        "package, `linfeat check` in a fresh process).",
+        "",
+        "| mutant | bug | outcome | failing checks | s |",
+        "|---|---|---|---|---:|",
+    ]  # fmt: skip
+    for r in record["mutants"]:
+        lines.append(
+            f"| {r['name']} | {r['bug']} | {r['outcome']} | {', '.join(r['failed']) or '-'} | "
+            f"{r['seconds']:.0f} |"
+        )
+    return lines + [""]
+
+
+def load(path: str = DEFAULT_OUT) -> dict | None:
+    """The record written by `linfeat mutate`, or None when there is none."""
+    p = Path(path)
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def add_arguments(parser) -> None:
+    """Arguments of `linfeat mutate`."""
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where to write the JSON record")
+    parser.add_argument("--only", default=None, help="comma-separated mutant names (default: all)")
+    parser.add_argument(
+        "--check-args", default="--quick", help="arguments of each `linfeat check` run"
+    )
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+
+
+def run(args) -> int:
+    """Runs the harness, writes the record; exit status 1 unless every mutant is caught."""
+    mutants = MUTANTS
+    if args.only:
+        names = [x.strip() for x in args.only.split(",")]
+        unknown = sorted(set(names) - {m.name for m in MUTANTS})
+        if unknown:
+            print(f"linfeat mutate: unknown mutant(s) {unknown}; choose from "
+                  f"{', '.join(m.name for m in MUTANTS)}.")  # fmt: skip
+            return 2
+        mutants = tuple(m for m in MUTANTS if m.name in names)
+    record = run_mutants(mutants, args.check_args.split(), args.timeout)
+    record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(record, indent=1))
+    print(f"mutation score {record['caught']}/{record['total']}; wrote {args.out}")
+    ok = record["clean"]["outcome"] == "survived" and record["caught"] == record["total"]
+    return 0 if ok else 1

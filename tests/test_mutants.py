@@ -1,0 +1,72 @@
+"""The mutation harness of `linfeat check` (linfeat/checks/_mutants.py).
+
+Fast: every mutant still applies to the current source (exactly one match), the report
+section tells a stale score, and one mutant (time x 2) is caught by `linfeat check --quick
+--only T1` while the unmodified copy passes. Slow (`-m slow`): every mutant against the whole
+`linfeat check --quick`.
+"""
+
+import shutil
+
+import pytest
+
+from linfeat.checks import _mutants as M
+
+
+def _copy(tmp_path):
+    root = tmp_path / "linfeat"
+    shutil.copytree(M.PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_at_least_eight_distinct_mutants():
+    names = [m.name for m in M.MUTANTS]
+    assert len(names) >= 8 and len(set(names)) == len(names)
+    assert len({(m.path, m.old, m.new) for m in M.MUTANTS}) == len(names)
+
+
+@pytest.mark.parametrize("mutant", M.MUTANTS, ids=lambda m: m.name)
+def test_mutant_applies_to_the_current_source(tmp_path, mutant):
+    root = _copy(tmp_path)
+    before = (root / mutant.path).read_text()
+    M.apply(mutant, root)
+    after = (root / mutant.path).read_text()
+    assert after != before and mutant.new in after
+    compile(after, mutant.path, "exec")  # still valid Python: a bug, not a syntax error
+
+
+def test_apply_refuses_text_that_is_not_there(tmp_path):
+    root = _copy(tmp_path)
+    bad = M.Mutant("x", "_flows.py", "no such line\n", "y\n", "none")
+    with pytest.raises(ValueError, match="occurs 0 times"):
+        M.apply(bad, root)
+
+
+def test_report_section_marks_a_stale_score():
+    rec = dict(
+        command="linfeat check --quick", source_hash=M.source_hash(), caught=1, total=1,
+        clean=dict(outcome="survived"), date="d",
+        mutants=[dict(name="a", bug="b", outcome="caught", failed=["T1"], seconds=1.0)],
+    )  # fmt: skip
+    text = "\n".join(M.markdown_section(rec))
+    assert "**1 of 1**" in text and "stale" not in text
+    assert "stale" in "\n".join(M.markdown_section(dict(rec, source_hash="0" * 16)))
+    assert "No record" in "\n".join(M.markdown_section(None))
+
+
+def _by_name(*names):
+    return tuple(m for m in M.MUTANTS if m.name in names)
+
+
+def test_time_scale_bug_is_caught_by_the_trajectory_oracle():
+    rec = M.run_mutants(_by_name("time x 2"), ["--quick", "--only", "T1"], progress=False)
+    assert rec["clean"]["outcome"] == "survived", rec["clean"]
+    (row,) = rec["mutants"]
+    assert row["outcome"] == "caught" and row["failed"] == ["T1"], row
+
+
+@pytest.mark.slow
+def test_every_mutant_is_caught_by_the_quick_check():
+    rec = M.run_mutants(progress=False)
+    assert rec["clean"]["outcome"] == "survived", rec["clean"]
+    assert [r["name"] for r in rec["mutants"] if r["outcome"] != "caught"] == []
