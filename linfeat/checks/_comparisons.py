@@ -14,10 +14,12 @@ from ._config import (
     KIND_NAMES,
     OBSERVATION,
     RIGOROUS,
+    SAVES,
     TOL,
     CheckResult,
     Sub,
     _converged,
+    _grid_move,
     _lp_vs_ft,
     _max,
     _min,
@@ -93,6 +95,9 @@ def check_r8(data, extra) -> CheckResult:
         subs,
         numbers={
             "L_ood(LP)/min_t L_ood(FT): [median, max] by eps (PD Sigma)": med,
+            f"min_t L_ood(FT): relative move from 64 to {SAVES} saved times": _grid_move(
+                data["ft"]["ood"]
+            ),
             "instances below the explicit threshold": int(below.sum()),
         },
         plot=dict(eps=meta["eps_knob"][pd], ratio=ratio[pd], a=meta["a_knob"][pd]),
@@ -113,7 +118,7 @@ def check_r11(data, extra) -> CheckResult:
         # read as a statement about early stopping), so a corollary, not new evidence
         _lp_beats_ft_row(
             data,
-            "best early-stopped FT (min over saved t) worse than LP below the R8 threshold "
+            "best early-stopped FT (min over the saved t) worse than LP below the R8 threshold "
             "(R8's first row again)",
             "[paper]",
             corollary_of="R5, R7 (via R8)",
@@ -320,6 +325,9 @@ def check_r13(data, extra) -> CheckResult:
         subs,
         numbers={
             "max excess by eps": by_eps,
+            f"max_t L_ood(LP-FT): relative move from 64 to {SAVES} saved times": _grid_move(
+                lpft["ood"], "max"
+            ),
             "max excess / sqrt(L_ood(0)) by eps": rel_by_eps,
             "max excess by Sigma kind (eps > 0)": by_kind,
             "max_t sqrt(L_ood(LP-FT)) / eps (O(eps) check) by eps": over,

@@ -21,7 +21,13 @@ import numpy as np
 
 #: Slack of each kind of comparison. Flows run at rtol = 1e-12, atol = 1e-14 (float64).
 TOL = {
-    # R1, R2 invariants: max over t of the drift, relative to the size of the invariant.
+    # R1: max over t of ||(B(t) - B0) Pi_perp||_F / ||B0||_F. The full-space flow moves B by
+    # X^T (...) only, so this is rounding (1e-16 per operation) accumulated over its O(1e3)
+    # steps: measured 1.7e-15; 1e-12 is integration-error level, far below any real leak.
+    "frozen": 1e-12,
+    # R2: max over t of the drift of v v^T - B B^T, relative to its size. Not conserved by
+    # the integrator: it drifts by the global error, ~1e2-1e3 x rtol = 1e-10-1e-9 (measured
+    # up to 6.8e-13 in the full run).
     "invariant": 1e-9,
     # "measured >= bound" at saved times: measured >= bound - TOL * (1 + a).
     "bound": 1e-9,
@@ -44,6 +50,16 @@ TOL = {
 # The checks verify the theory, so every flow runs at rtol 1e-12 (the library default, 1e-9,
 # leaves ~1e-9-relative drift in the invariants, at the size of TOL["invariant"]).
 SOLVER = dict(rtol=1e-12, atol=1e-14)
+# "For all t" on a dense grid: the flows save at 0 and at SAVES - 1 log-spaced times in
+# [1e-2, 1e6] / lam_max(X^T X), SUBDIV = 8 times denser than the library's default 64 saves,
+# which are the subset `COARSE` of this grid. Minima (and R13's maxima) over t are taken on the
+# dense grid; each check reports how far they moved from the 64-point grid: for a smooth
+# extremum between saves the error of a grid shrinks like its spacing squared, so the
+# remaining gap to the continuous extremum is about that move / SUBDIV^2 (docs/theory.md,
+# section 7).
+SUBDIV = 8
+SAVES = 2 + 62 * SUBDIV  # 498: 0, then 62 * SUBDIV log-spaced intervals
+COARSE = np.r_[0, 1 + SUBDIV * np.arange(63)]
 KIND_NAMES = ("isotropic", "perp", "mixture", "inside", "random_spd")
 RIGOROUS, OBSERVATION = "rigorous", "observation"
 
@@ -293,6 +309,16 @@ def _converged(rec, mask):
 def _pd_mask(data):
     """OOD second moments that are positive definite (isotropic, mixture, random SPD)."""
     return np.isin(data["meta"]["kind"], [0, 2, 4])
+
+
+def _grid_move(x, mode: str = "min") -> dict:
+    """How far the extremum over t of `x` (instances x SAVES) moved from the 64-point grid to
+    the dense one: the largest and the median relative move (>= 0), over instances."""
+    x = np.asarray(x, float)
+    ext = np.min if mode == "min" else np.max
+    coarse, dense = ext(x[:, COARSE], axis=1), ext(x, axis=1)
+    move = np.abs(coarse - dense) / np.maximum(np.abs(coarse), 1e-300)
+    return {"largest": _max(move), "median": float(np.median(move)) if move.size else None}
 
 
 def _lp_vs_ft(data):

@@ -2,7 +2,8 @@ r"""Checks of the two invariants of the FT flow: R1 and R2 of docs/theory.md.
 
 R1 (features frozen on S-perp, B(t) Pi_perp = B0 Pi_perp) and R2 (balancedness
 v v^T - B B^T conserved) are checked on the reduced flow of every group and, independently,
-on the full-space flow (mode='full') of `_sampling._extra_full`, within `TOL["invariant"]`.
+on the full-space flow (mode='full') of `_oracles._extra_pairs`, within `TOL["frozen"]` (R1)
+and `TOL["invariant"]` (R2).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def check_r1(data, extra) -> CheckResult:
     red_max = np.max(ft["feat_perp"], axis=1)
     full_max = np.max(full["rec"]["feat_perp"], axis=1)
     scale_full = np.sqrt(full["k"])
-    tol = TOL["invariant"]
+    tol = TOL["frozen"]
     subs = [
         Sub(
             "full-space flow (mode='full'): max_t ||(B(t) - B0) Pi_perp||_F / ||B0||_F",

@@ -180,6 +180,17 @@ def check_r7(data, extra) -> CheckResult:
             worst_name="max ratio",
         ),
         threshold_row("eps = 0: ||e_lp|| / (1 + a)", "[derived]", z_res, TOL["exact"]),
+        # eps enters every bound; the generator builds B0 at Procrustes distance eps from B*
+        # by construction (principal angles), the library measures it by an SVD: two
+        # independent computations of the same number (rounding only: 1e-12 + 1e-9 eps)
+        threshold_row(
+            "library feature error d(B0, B*) = the generator's feature_error",
+            "[derived]",
+            np.abs(prep["eps"] - meta["eps_knob"]) / (1e-3 + meta["eps_knob"]),
+            1e-9,
+            rule="|eps - knob| / (1e-3 + knob) <= 1e-9",
+            worst_name="max relative gap",
+        ),
         formula_row(data, "R7", "both bounds"),
     ]
     by_eps = {

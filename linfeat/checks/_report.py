@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 from .._io import atomic_write_text
-from ._config import RIGOROUS, TOL, CheckResult
+from ._config import RIGOROUS, SAVES, TOL, CheckResult
 from ._mutants import load as load_mutants
 from ._mutants import markdown_section
 
@@ -148,7 +148,9 @@ def write_markdown(
         "S, Haar features at Procrustes distance eps, |v*| fixed), Gaussian heads N(0, sigma^2 I); "
         "the knob grid eps x |v*| x sigma is crossed with the OOD kinds (each combination meets "
         "each "
-        "kind), per shape group. 'min over t' is over 64 saved, log-spaced times.",
+        f"kind), per shape group. 'min over t' is over {SAVES} saved, log-spaced times (8 per "
+        "interval of the library's default 64), and each check says how far the extremum moved "
+        "from the 64-point grid.",
         "- Stage times (s): "
         + (", ".join(f"{k} {v:.1f}" for k, v in (timings or {}).items()) or "-")
         + ".",

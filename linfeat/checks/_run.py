@@ -26,7 +26,7 @@ from ._lp import check_r3, check_r4, check_r7, check_r9
 from ._oracles import _extra_k1, _extra_pairs, check_t1, check_t2
 from ._report import _json_default, write_figures, write_markdown
 from ._sampling import _dense_ood, _extra_lp_flow, _extra_toy, collect
-from ._search import _extra_counterexample, worst_case_search
+from ._search import _extra_counterexample, _extra_printed_family, worst_case_search
 
 # T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13
 ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
@@ -49,6 +49,7 @@ def run_checks(
         "counterexample": {"R5"},
         "search_printed": {"R5"},
         "search_rigorous": {"R5"},
+        "printed_family": {"R5"},
         "toy": {"R12"},
     }
     # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1 and T2 alone
@@ -79,6 +80,7 @@ def run_checks(
         "counterexample": _extra_counterexample,
         "search_printed": lambda: worst_case_search(cfg, seed, "printed"),
         "search_rigorous": lambda: worst_case_search(cfg, seed, "rigorous"),
+        "printed_family": lambda: _extra_printed_family(cfg),
         "toy": lambda: _extra_toy(cfg),
     }
     for name in stages[1:]:

@@ -26,10 +26,11 @@ from .._eigh import eigvalsh
 from .._flow import default_grad_tol, default_tolerances, fine_tune, linear_probe_flow, lp_ft
 from .._generate import make_problem
 from .._geometry import project_S
+from .._linalg import polar
 from .._metrics import ood_error
 from .._problem import Problem, problem_from_arrays
 from .._reduce import reduce
-from ._config import SOLVER, TOL, Config, Group, _max
+from ._config import SAVES, SOLVER, TOL, Config, Group, _max
 
 # ---------------------------------------------------------------------------------------
 # Batched evaluation (one instance written, vmapped at the edge, run in fixed-size chunks)
@@ -85,10 +86,8 @@ def _prepare(problem: Problem, v0):
 def _flow_record(problem: Problem, v0, grad_tol, lpft: bool = False):
     """FT from `v0` (LP-FT through `lp_ft`, the probe started from `v0`, with `lpft`): status
     and the error curves at the saved times (reduced coordinates)."""
-    if lpft:
-        tr = lp_ft(problem, v0=v0, check=False, grad_tol=grad_tol, **SOLVER)
-    else:
-        tr = fine_tune(problem, v0, check=False, grad_tol=grad_tol, **SOLVER)
+    kw = dict(check=False, grad_tol=grad_tol, num_save=SAVES, **SOLVER)  # dense "for all t"
+    tr = lp_ft(problem, v0=v0, **kw) if lpft else fine_tune(problem, v0, **kw)
     e = jnp.einsum("tkd,tk->td", tr.B, tr.v) - problem.w_star
     e_S = project_S(problem, e)
     return dict(
@@ -154,13 +153,17 @@ def _sample_group(key, g: Group, cfg: Config):
     eps, a, sigma = np.tile(combos, (g.reps, 1)).T
     idx = np.arange(n)
     kind = np.full(n, 4) if g.spd else (idx + idx // len(combos)) % 4
-    k_prob, k_head, k_rho = jax.random.split(key, 3)
+    k_prob, k_head, k_rho, k_rot = jax.random.split(key, 4)
     make = functools.partial(
         make_problem, d=g.d, k=g.k, m=g.m, ood="random_spd" if g.spd else "isotropic"
     )
     problems = jax.vmap(lambda kk, e, aa: make(kk, feature_error=e, v_star_norm=aa))(
         jax.random.split(k_prob, n), jnp.asarray(eps), jnp.asarray(a)
     )
+    # B0 -> R B0 with a Haar-random k x k rotation R: the generator aligns B0's rows with B*'s
+    # (Procrustes factor U = I); the theory allows any U (a* = U v*), so the checks use one
+    rot = jax.vmap(polar)(jax.random.normal(k_rot, (n, g.k, g.k)))
+    problems = problems._replace(B0=jnp.einsum("nij,njd->nid", rot, problems.B0))
     rho = np.asarray(jax.random.uniform(k_rho, (n,), minval=0.2, maxval=0.8))
     rho = np.where(kind == 2, rho, np.nan)
     if not g.spd:
