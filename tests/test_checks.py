@@ -48,10 +48,10 @@ def test_trajectory_checks_compare_moving_flows(results):
     so a time-scale or sign bug (an O(1) gap) cannot pass them."""
     t1, t2 = results["T1"], results["T2"]
     assert t1.subs[0].n == TINY.k1.reps and t2.subs[0].n == 36 * TINY.full_mode.reps
-    for r in (t1, t2):
-        assert r.subs[0].worst <= C.TOL["trajectory"]
+    for r, tol in ((t1, C.TOL["trajectory"]), (t2, C.TOL["engines"])):
+        assert r.subs[0].worst <= tol
         travel = next(v for k, v in r.numbers.items() if k.startswith("median travel"))
-        assert travel > 1e4 * C.TOL["trajectory"]
+        assert travel > 1e3 * tol
 
 
 def test_formula_rows_catch_a_transcription_error():

@@ -40,12 +40,15 @@ TOL = {
     "formula": 1e-12,
     # Monte-Carlo estimates: |estimate - formula| <= MC_SIGMAS * standard error.
     "mc_sigmas": 5.0,
-    # T1, T2: a whole trajectory against an independent one (closed form, or the full-space
-    # Tsit5 solve), max over 64 save times, relative to the trajectory's size. Each adaptive
-    # solve keeps a local error of rtol = 1e-12 per step and accumulates a global error of
-    # about 1e2-1e3 x rtol over its O(1e2-1e3) steps; 1e-8 leaves 10x above the worst
-    # measured (see docs/theory.md, section 7) and is far below a time-scale or sign bug (O(1)).
+    # T1, T2: a whole trajectory against an independent one, max over the 64 default save
+    # times, relative to the trajectory's size. An adaptive solve at rtol = 1e-12 keeps a local
+    # error of 1e-12 per step and accumulates ~1e2-1e3 x that over its O(1e2-1e3) steps.
+    # T1 (solver vs closed form): measured at most 7.3e-11 (1024 instances); 1e-8 leaves 100x.
     "trajectory": 1e-8,
+    # T2 (Rodas5P on the reduced state vs Tsit5 in R^d, both adaptive): both errors add, and the
+    # explicit solve of a stiff flow accumulates more; measured at most 4.1e-9 (108
+    # instances), so 1e-7 leaves 25x. A time-scale or sign bug moves w by O(0.1-1).
+    "engines": 1e-7,
 }
 # The checks verify the theory, so every flow runs at rtol 1e-12 (the library default, 1e-9,
 # leaves ~1e-9-relative drift in the invariants, at the size of TOL["invariant"]).
@@ -147,6 +150,9 @@ class Sub:
     # the ids of the results this row restates on the same instances (it then still fails
     # the check when violated, but it is not counted as independent evidence)
     corollary_of: str | None = None
+    # False for rows that test the implementation, not the statement (a library formula against
+    # docs/theory.md's): they fail the check when violated, and are not counted as evidence
+    evidence: bool = True
 
     @property
     def verdict(self) -> str:
@@ -170,6 +176,7 @@ def threshold_row(
     worst_name: str | None = None,
     strict_convergence: bool = False,
     corollary_of: str | None = None,
+    evidence: bool = True,
 ) -> Sub:
     """A rigorous row: every value is `<= tol` (or `> tol` with `above`), one per instance.
 
@@ -190,6 +197,7 @@ def threshold_row(
         _min(values) if above else _max(values),
         strict_convergence,
         corollary_of,
+        evidence,
     )
 
 
@@ -292,7 +300,7 @@ def _formula_residuals(data) -> dict:
 
 def formula_row(data, rid: str, what: str) -> Sub:
     """The rigorous row "library formula of `rid` = docs/theory.md's" (`_formula_residuals`)."""
-    return threshold_row(
+    row = threshold_row(
         f"library formula = docs/theory.md formula, re-evaluated in NumPy ({what})",
         "[derived]",
         _formula_residuals(data)[rid],
@@ -300,6 +308,8 @@ def formula_row(data, rid: str, what: str) -> Sub:
         rule=f"relative gap <= {TOL['formula']:g}",
         worst_name="max relative gap",
     )
+    row.evidence = False
+    return row
 
 
 def _converged(rec, mask):
@@ -313,11 +323,13 @@ def _pd_mask(data):
 
 def _grid_move(x, mode: str = "min") -> dict:
     """How far the extremum over t of `x` (instances x SAVES) moved from the 64-point grid to
-    the dense one: the largest and the median relative move (>= 0), over instances."""
+    the dense one, relative to the size of the curve (max over t of |x|): the largest and the
+    median move over instances (a minimum near 0 makes a move relative to itself meaningless).
+    """
     x = np.asarray(x, float)
     ext = np.min if mode == "min" else np.max
     coarse, dense = ext(x[:, COARSE], axis=1), ext(x, axis=1)
-    move = np.abs(coarse - dense) / np.maximum(np.abs(coarse), 1e-300)
+    move = np.abs(coarse - dense) / np.maximum(np.max(np.abs(x), axis=1), 1e-300)
     return {"largest": _max(move), "median": float(np.median(move)) if move.size else None}
 
 

@@ -235,7 +235,8 @@ def check_r5(data, extra) -> CheckResult:
         "The S-perp refinement [derived] uses ||Pi_S e||^2 <= L_train / sigma_min(X)^2 and "
         "e^T Sigma e >= b ||Pi_perp e||^2 for Sigma = a Pi_S + b Pi_perp, so it bites once FT "
         "has fit S; at convergence it equals sqrt(b) (c_perp delta0 - eps a).",
-        "Search box: |v*| in [0.3, 10], gamma in [0.05, pi/2 - 0.01] (c_perp = sin gamma), "
+        f"Search box: |v*| in [0.3, {math.exp(_BOUNDS[0, 1]):.4g}], gamma in [0.05, pi/2 - "
+        "0.01] (c_perp = sin gamma), "
         "theta in [1e-7, 0.1] (eps = 2 sin(theta/2)), h in [-3, 3]. The t = 0 ratio "
         "(1 + a)^2 / (2 a^2 c_perp) of heads on the critical curve a sqrt|2h + h^2| = 1 falls "
         "below 1 only for large |v*|. The --quick run has no gradient refinement (compile time).",

@@ -190,6 +190,7 @@ def check_r7(data, extra) -> CheckResult:
             1e-9,
             rule="|eps - knob| / (1e-3 + knob) <= 1e-9",
             worst_name="max relative gap",
+            evidence=False,
         ),
         formula_row(data, "R7", "both bounds"),
     ]

@@ -176,7 +176,7 @@ def _extra_pairs(cfg: Config, seed: int):
 def check_t2(data, extra) -> CheckResult:
     full = extra["full"]
     rec = full["rec"]
-    tol = TOL["trajectory"]
+    tol = TOL["engines"]
     scale = 1.0 + full["a"] + full["v0_norm2"]
     gap = np.maximum(rec["gap_w"], rec["gap_v"]) / scale
     subs = [

@@ -159,8 +159,9 @@ def write_markdown(
         "",
         "Independent instances: the largest count of a rigorous row that is not a corollary "
         "(a row that restates other results on the same instances still fails the check when "
-        "violated, but is not counted as evidence); exceedances: what the observation rows "
-        "count (reported, never asserted).",
+        "violated, but is not counted as evidence) and not an implementation row (a library "
+        "formula against docs/theory.md's); exceedances: what the observation rows count "
+        "(reported, never asserted).",
         "",
         "| id | result | label | verdict | independent instances | violations | exceedances "
         "(observations) | key number |",
@@ -168,7 +169,7 @@ def write_markdown(
     ]
     for r in results:
         main = r.subs[0]
-        own = [s.n for s in r.subs if s.kind == RIGOROUS and s.corollary_of is None]
+        own = [s.n for s in r.subs if s.kind == RIGOROUS and s.corollary_of is None and s.evidence]
         cors = sorted({s.corollary_of for s in r.subs if s.corollary_of})
         n = str(max(own)) if own else "-"
         if cors:
@@ -199,6 +200,7 @@ def write_markdown(
         ]
         for s in r.subs:
             kind = s.kind + (f" (corollary of {s.corollary_of})" if s.corollary_of else "")
+            kind += "" if s.evidence else " (implementation)"
             lines.append(
                 f"| {s.name} | {s.label} | {kind} | {s.rule} | {s.n} | {_fmt(s.violations)} | "
                 f"{s.nonconverged} | {s.worst_name} {_fmt(s.worst)} | {s.verdict} |"
