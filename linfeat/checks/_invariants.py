@@ -45,6 +45,8 @@ def check_r1(data, extra) -> CheckResult:
             _converged(ft, slice(None)),
             "max",
             _max(red_max / np.sqrt(k)),
+            # structural (B - B0 is stored in a basis of S): it tests the embedding, not R1
+            evidence=False,
         ),
     ]
     return CheckResult(
@@ -56,7 +58,9 @@ def check_r1(data, extra) -> CheckResult:
         subs,
         notes=[
             "The reduced flow stores B - B0 in a basis of S, so its value is structural; the "
-            "full-space run integrates (v, B) in R^d and is the independent check."
+            "full-space run integrates (v, B) in R^d and is the independent check: the only "
+            "row counted as evidence. It is an explicit solve of a stiff flow in R^d (about 40 "
+            "ms per instance), so it runs on ~10^3 instances, not 10^4."
         ],
     )
 

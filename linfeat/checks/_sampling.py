@@ -24,13 +24,15 @@ from .._closed_form import linear_probe
 from .._cov import SubspaceCov, to_dense
 from .._eigh import eigvalsh
 from .._flow import default_grad_tol, default_tolerances, fine_tune, linear_probe_flow, lp_ft
+from .._flows import FineTune
 from .._generate import make_problem
 from .._geometry import project_S
 from .._linalg import polar
 from .._metrics import ood_error
 from .._problem import Problem, problem_from_arrays
-from .._reduce import reduce
+from .._reduce import error_coefficients, reduce
 from ._config import SAVES, SOLVER, TOL, Config, Group, _max
+from ._extremum import hermite_extremum
 
 # ---------------------------------------------------------------------------------------
 # Batched evaluation (one instance written, vmapped at the edge, run in fixed-size chunks)
@@ -83,14 +85,40 @@ def _prepare(problem: Problem, v0):
     )
 
 
+def _rates(problem: Problem, v, A):
+    r"""Exact time derivatives of $\|e\|^2$ and $L_{ood} = e^T\Sigma e$ at the saved FT states.
+
+    With $e = G c_e$ (`linfeat._reduce.error_coefficients`) and the FT field $(\dot v, \dot A)$,
+    $\dot c_e = (\dot A^Tv + (A - A_0)^T\dot v,\ \dot v,\ 0, 0)$, so
+    $d\|e\|^2/dt = 2c_e^TG^TG\dot c_e$ and $dL_{ood}/dt = 2c_e^TG^T\Sigma G\dot c_e$: with the
+    values they give the cubic Hermite interpolant of each curve between saves
+    (`linfeat.checks._extremum`), whose extrema are the continuous-time ones.
+    """
+    red = reduce(problem)
+    flow = FineTune()
+
+    def one(v, A):
+        dv, dA = flow.field((v, A), red.flow_data)
+        c = error_coefficients(red, v, A)
+        tail = jnp.zeros(c.size - red.r - red.k, v.dtype)  # the r_w and D blocks are constant
+        dc = jnp.concatenate([dA.T @ v + (A - red.A0).T @ dv, dv, tail])
+        return 2.0 * c @ red.gram @ dc, 2.0 * c @ red.ood_gram @ dc
+
+    return jax.vmap(one)(v, A)
+
+
 def _flow_record(problem: Problem, v0, grad_tol, lpft: bool = False):
     """FT from `v0` (LP-FT through `lp_ft`, the probe started from `v0`, with `lpft`): status
-    and the error curves at the saved times (reduced coordinates)."""
+    and the error curves at the saved times (reduced coordinates), with their time
+    derivatives (`_rates`)."""
     kw = dict(check=False, grad_tol=grad_tol, num_save=SAVES, **SOLVER)  # dense "for all t"
     tr = lp_ft(problem, v0=v0, **kw) if lpft else fine_tune(problem, v0, **kw)
     e = jnp.einsum("tkd,tk->td", tr.B, tr.v) - problem.w_star
     e_S = project_S(problem, e)
+    err2_rate, ood_rate = _rates(problem, tr.v, tr.A)
     return dict(
+        err2_rate=err2_rate,
+        ood_rate=ood_rate,
         status=tr.status,
         steps=tr.num_steps,
         t_final=tr.t_final,
@@ -148,7 +176,8 @@ def _run_chunked_fn(fn, chunk: int, *args):
 
 def _sample_group(key, g: Group, cfg: Config):
     """Problems and Gaussian heads over the knob grid; OOD kinds cycle so each knob meets each."""
-    combos = np.array(list(itertools.product(cfg.eps_grid, cfg.a_grid, cfg.sigma_grid)))
+    eps_grid = (0.0,) * (cfg.eps_zero_weight - 1) + tuple(cfg.eps_grid)
+    combos = np.array(list(itertools.product(eps_grid, cfg.a_grid, cfg.sigma_grid)))
     n = len(combos) * g.reps
     eps, a, sigma = np.tile(combos, (g.reps, 1)).T
     idx = np.arange(n)
@@ -204,6 +233,7 @@ def collect(cfg: Config, seed: int, progress=None) -> dict:
         lpft = _run_chunked("lpft", cfg.chunk, problems, jnp.zeros_like(v0), gt_lpft)
         e_final = ft.pop("e_final")
         lpft.pop("e_final")
+        _continuous_extrema(ft, lpft)
         meta["v0_norm2"] = np.sum(np.asarray(v0) ** 2, axis=1)
         start = sum(len(p["meta"]["d"]) for p in parts)
         parts.append(dict(meta=meta, prep=prep, ft=ft, lpft=lpft))
@@ -219,6 +249,17 @@ def collect(cfg: Config, seed: int, progress=None) -> dict:
     out["mc"] = [p["mc"] for p in parts]
     out["first_group"] = first
     return out
+
+
+def _continuous_extrema(ft: dict, lpft: dict) -> None:
+    """Adds the continuous-time extrema over t (`linfeat.checks._extremum`) to the records:
+    min_t ||e||, min_t L_ood of FT and LP-FT, max_t L_ood of LP-FT (clipped at 0: a curve that
+    touches 0, e.g. LP-FT with perfect features, may interpolate to -1e-30)."""
+    for rec in (ft, lpft):
+        rec["ood_min"] = np.maximum(hermite_extremum(rec["ts"], rec["ood"], rec["ood_rate"]), 0)
+        rec["ood_max"] = hermite_extremum(rec["ts"], rec["ood"], rec["ood_rate"], "max")
+        err2 = hermite_extremum(rec["ts"], rec["err"] ** 2, rec["err2_rate"])
+        rec["err_min"] = np.sqrt(np.maximum(err2, 0))
 
 
 def _mc_inputs(problems, e_final, num):
