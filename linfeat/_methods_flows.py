@@ -26,60 +26,61 @@ from ._metrics import Metrics, _norm
 from ._reduce import Reduced
 
 
+class Knobs(NamedTuple):
+    """Every knob of the zoo as a traced array (defaults: plain FT)."""
+
+    alpha: Float[Array, ""]  # WiSE-FT mixing weight (post-processing; 1 = FT)
+    lam: Float[Array, ""]  # L2-SP weight on ||B - B0||_F^2
+    lam_v: Float[Array, ""]  # L2-SP weight on ||v - v0||^2
+    eta_v: Float[Array, ""]  # learning rate of the head
+    eta_B: Float[Array, ""]  # learning rate of the features
+    mu: Float[Array, ""]  # weight decay on ||v||^2 + ||B||_F^2
+    tau: Float[Array, ""]  # LP time before FT (pre-processing; 0 = FT)
+
+
+FT_KNOBS = dict(alpha=1.0, lam=0.0, lam_v=0.0, eta_v=1.0, eta_B=1.0, mu=0.0, tau=0.0)
+
+
 class MethodData(NamedTuple):
-    """Data of a method's flow: the FT data, the start (v0, A0) and the knobs (traced)."""
+    """Data of the zoo's flow: the FT data, the start (v0, A0) and the knobs (traced)."""
 
     flow: FlowData
     v0: Float[Array, " k"]
     A0: Float[Array, "k r"]
-    knobs: tuple
+    gamma0: Float[Array, ""]  # ||B0 Pi_perp||_F
+    knobs: Knobs
 
 
 def _rho(v, A, data: FlowData):
     return data.sigma2 * (A.T @ v) - data.g
 
 
-class L2SPFlow(AbstractFlow):
-    r"""L2-SP: $\dot v = -2A\rho - 2\lambda_v(v - v_0)$,
-    $\dot A = -2v\rho^T - 2\lambda(A - A_0)$.
+class PenalisedFlow(AbstractFlow):
+    r"""The gradient flow, with layer-wise rates, of the penalised loss
+    $F = \hat L + \lambda\|B - B_0\|_F^2 + \lambda_v\|v - v_0\|^2 + \mu(\|v\|^2 + \|B\|_F^2)$,
+    on the state $(v, A = BQ, \gamma = \|B\Pi_\perp\|_F)$:
 
-    (Reduced form of the penalty $\lambda\|B - B_0\|_F^2 + \lambda_v\|v - v_0\|^2$.)
+    $\dot v = -\eta_v(2A\rho + 2\lambda_v(v - v_0) + 2\mu v)$,
+    $\dot A = -\eta_B(2v\rho^T + 2\lambda(A - A_0) + 2\mu A)$,
+    $\dot\gamma = -2\eta_B(\lambda(\gamma - \gamma_0) + \mu\gamma)$.
+
+    L2-SP ($\lambda, \lambda_v$), layer-wise rates ($\eta_v, \eta_B$) and weight decay ($\mu$)
+    are its special cases and FT is all defaults. Off S only the two penalties act on B:
+    $\frac{d}{dt}B\Pi_\perp = -2\eta_B(\lambda(B - B_0) + \mu B)\Pi_\perp$, which keeps
+    $B\Pi_\perp = cB_0\Pi_\perp$ on the line of $B_0\Pi_\perp$ (c = 1 when $\mu = 0$), so
+    $\gamma = c\gamma_0$ carries it exactly and the field's norm is the full gradient's norm
+    in $R^d$ (the stop test). One class, so that every method shares one compiled solver
+    program (docs/theory.md, section 9).
     """
 
     def field(self, y, args: MethodData):
-        v, A = y
-        lam, lam_v = args.knobs
-        rho = _rho(v, A, args.flow)
-        return (
-            -2.0 * (A @ rho) - 2.0 * lam_v * (v - args.v0),
-            -2.0 * jnp.outer(v, rho) - 2.0 * lam * (A - args.A0),
-        )
-
-
-class LayerwiseFlow(AbstractFlow):
-    r"""Layer-wise rates: $\dot v = -2\eta_v A\rho$, $\dot A = -2\eta_B v\rho^T$."""
-
-    def field(self, y, args: MethodData):
-        v, A = y
-        eta_v, eta_B = args.knobs
-        rho = _rho(v, A, args.flow)
-        return -2.0 * eta_v * (A @ rho), -2.0 * eta_B * jnp.outer(v, rho)
-
-
-class WeightDecayFlow(AbstractFlow):
-    r"""Weight decay: $\dot v = -2A\rho - 2\mu v$, $\dot A = -2v\rho^T - 2\mu A$,
-    $\dot\gamma = -2\mu\gamma$ with $\gamma = \|B\Pi_\perp\|_F$ (so the field's norm is the
-    full gradient's norm in $R^d$ and the stop test sees the decaying $S^\perp$ part)."""
-
-    def field(self, y, args: MethodData):
         v, A, gamma = y
-        (mu,) = args.knobs
+        kn = args.knobs
         rho = _rho(v, A, args.flow)
-        return (
-            -2.0 * (A @ rho) - 2.0 * mu * v,
-            -2.0 * jnp.outer(v, rho) - 2.0 * mu * A,
-            -2.0 * mu * gamma,
-        )
+        dv = 2.0 * (A @ rho) + 2.0 * kn.lam_v * (v - args.v0) + 2.0 * kn.mu * v
+        dA = 2.0 * jnp.outer(v, rho) + 2.0 * kn.lam * (A - args.A0) + 2.0 * kn.mu * A
+        dgamma = 2.0 * kn.lam * (gamma - args.gamma0) + 2.0 * kn.mu * gamma
+        return -kn.eta_v * dv, -kn.eta_B * dA, -kn.eta_B * dgamma
 
 
 def perp_norm(red: Reduced) -> Float[Array, ""]:

@@ -19,12 +19,12 @@ from . import _validate as V
 from ._eigh import eigh
 from ._engine import at_saves_and_end, solve
 from ._flow import _raise_on_failure, _settings, check_call, make_settings
-from ._flows import FineTune, gradient_norm
+from ._flows import gradient_norm
 from ._methods_flows import (
-    L2SPFlow,
-    LayerwiseFlow,
+    FT_KNOBS,
+    Knobs,
     MethodData,
-    WeightDecayFlow,
+    PenalisedFlow,
     effective_metrics,
     perp_norm,
 )
@@ -115,69 +115,40 @@ def interpolate(red: Reduced, v0, y, alpha):
 # ------------------------------------------------------------------------- the runner
 
 
-def _metric_fn(method, red, v0, knobs):
-    """The per-state metrics function of a method (one copy in the compiled program)."""
-    data = MethodData(red.flow_data, v0, red.A0, knobs)
-
-    def grad2(flow, y):
-        return gradient_norm(flow.field(y, data)) ** 2
-
-    if method == "weight_decay":
-        g0 = perp_norm(red)
-
-        def fn(v, A, gamma):
-            c = jnp.where(g0 > 0, gamma / jnp.where(g0 > 0, g0, 1.0), 1.0)
-            return effective_metrics(red, v, A, c, v0, grad2(WeightDecayFlow(), (v, A, gamma)))
-
-        return fn
-    flow = {"l2_sp": L2SPFlow(), "layerwise": LayerwiseFlow()}.get(method)
-
-    def fn(v, A):
-        if flow is None:  # FT (the FT stage of partial LP-FT)
-            g2 = gradient_norm(FineTune().field((v, A), red.flow_data)) ** 2
-        else:
-            g2 = grad2(flow, (v, A))
-        return effective_metrics(red, v, A, 1.0, v0, g2)
-
-    return fn
+def _perp_scale(red: Reduced, gamma):
+    """c = gamma / ||B0 Pi_perp||_F (1 where B0 has no part off S: then c multiplies 0)."""
+    g0 = perp_norm(red)
+    return jnp.where(g0 > 0, gamma / jnp.where(g0 > 0, g0, 1.0), 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "num_save", "max_steps"))
-def _run(problem, v0, knobs, settings, *, method, num_save, max_steps):
+@functools.partial(jax.jit, static_argnames=("num_save", "max_steps"))
+def _run(problem, v0, knobs: Knobs, settings, *, num_save, max_steps) -> WeightDecayTrajectory:
+    """Every method of the zoo for one instance: one compiled program per shape."""
     red = reduce(problem)
-    if method == "partial_lp_ft":
-        v0 = lp_stage(red, v0, knobs[0])
-    data = MethodData(red.flow_data, v0, red.A0, knobs)
-    y0 = (v0, red.A0)
-    if method == "weight_decay":
-        flow, y0 = WeightDecayFlow(), (v0, red.A0, perp_norm(red))
-    elif method == "l2_sp":
-        flow = L2SPFlow()
-    elif method == "layerwise":
-        flow = LayerwiseFlow()
-    else:
-        flow, data = FineTune(), red.flow_data
+    v0 = lp_stage(red, v0, knobs.tau)  # partial LP (tau = 0: v0 exactly)
+    data = MethodData(red.flow_data, v0, red.A0, perp_norm(red), knobs)
+    flow = PenalisedFlow()
     ts, t_max, grad_tol = _settings(red, problem.Y, v0, settings, num_save)
     sol = solve(
-        flow, y0, data, ts=ts, t1=t_max, rtol=settings.rtol, atol=settings.atol,
-        grad_tol=grad_tol, max_steps=max_steps,
+        flow, (v0, red.A0, data.gamma0), data, ts=ts, t1=t_max, rtol=settings.rtol,
+        atol=settings.atol, grad_tol=grad_tol, max_steps=max_steps,
     )  # fmt: skip
-    ys, y_final = sol.ys, sol.y_final
-    if method == "wise_ft":  # theta_alpha(t) = (1 - alpha) theta_0 + alpha theta_ft(t)
-        ys, y_final = (interpolate(red, v0, y, knobs[0]) for y in (ys, y_final))
-    mets, final = at_saves_and_end(_metric_fn(method, red, v0, knobs), ys, y_final)
-    fields = dict(
+    # WiSE-FT: theta_alpha(t) = (1 - alpha) theta_0 + alpha theta(t) (alpha = 1: unchanged)
+    ys, y_final = (
+        interpolate(red, v0, y[:2], knobs.alpha) + (y[2],) for y in (sol.ys, sol.y_final)
+    )
+
+    def at(v, A, gamma):
+        g2 = gradient_norm(flow.field((v, A, gamma), data)) ** 2
+        return effective_metrics(red, v, A, _perp_scale(red, gamma), v0, g2)
+
+    mets, final = at_saves_and_end(at, ys, y_final)
+    return WeightDecayTrajectory(
         ts=ts, v=ys[0], A=ys[1], metrics=mets, final_metrics=final, v0=v0,
         v_final=y_final[0], A_final=y_final[1], t_final=sol.t_final,
         num_steps=sol.num_steps, status=sol.status, basis=red.basis, B0=problem.B0,
+        perp_scale=_perp_scale(red, ys[2]), perp_scale_final=_perp_scale(red, y_final[2]),
     )  # fmt: skip
-    if method == "weight_decay":
-        g0 = perp_norm(red)
-        scale = lambda gam: jnp.where(g0 > 0, gam / jnp.where(g0 > 0, g0, 1.0), 1.0)  # noqa: E731
-        return WeightDecayTrajectory(
-            **fields, perp_scale=scale(sol.ys[2]), perp_scale_final=scale(sol.y_final[2])
-        )
-    return Trajectory(**fields)
 
 
 def _knob(name: str, x, dtype, kind: str):
@@ -204,11 +175,13 @@ def run_method(problem: Problem, v0, knobs: dict, *, method: str, ts, t_max, num
     check_call(problem, v0, num_save=num_save, max_steps=max_steps)
     dtype = problem.X.dtype
     v0 = jnp.asarray(v0, dtype)
-    vals = tuple(_knob(name, x, dtype, kind) for name, (x, kind) in knobs.items())
+    vals = {name: jnp.asarray(x, dtype) for name, x in FT_KNOBS.items()}
+    vals.update({name: _knob(name, x, dtype, kind) for name, (x, kind) in knobs.items()})
     settings = make_settings(dtype, ts=ts, t_max=t_max, rtol=rtol, atol=atol, grad_tol=grad_tol)
     num_save = num_save if ts is None else int(np.shape(ts)[-1])
-    traj = _run(problem, v0, vals, settings, method=method, num_save=num_save,
-                max_steps=max_steps)  # fmt: skip
+    traj = _run(problem, v0, Knobs(**vals), settings, num_save=num_save, max_steps=max_steps)
     if check:
         _raise_on_failure(traj, what)
-    return traj
+    if method == "weight_decay":
+        return traj
+    return Trajectory(*traj[: len(Trajectory._fields)])
