@@ -40,8 +40,8 @@ _lp_stage = jax.jit(lp_stage)
 
 
 def _instances(cfg, seed, tag: int, eps=None):
-    """(problem, v0) pairs: quick 2, full 8; eps cycles over (0, 0.1, 0.3, 1.0)."""
-    num = 2 if cfg.name == "quick" else 8
+    """(problem, v0) pairs: full 8, else (quick, tests) 2; eps cycles over (0, 0.1, 0.3, 1.0)."""
+    num = 8 if cfg.name == "full" else 2
     grid = (0.0, 0.1, 0.3, 1.0) if eps is None else eps
     key = jax.random.fold_in(jax.random.key(seed), 1000 + tag)
     out = []
@@ -226,7 +226,7 @@ def check_m2(data, extra) -> CheckResult:
         gaps.append(max(_rel(tr.v, V), _rel(tr.B, Bs)))
         frozen.append(np.max(np.linalg.norm(_perp(p, Bs - np.asarray(p.B0)), axis=(1, 2))))
     fates = {"converged": [], "escaped": []}
-    zero = _instances(cfg, seed, 22, eps=(0.0,))[: 1 if cfg.name == "quick" else None]
+    zero = _instances(cfg, seed, 22, eps=(0.0,))[: None if cfg.name == "full" else 1]
     for i, (p, v0) in enumerate(zero):
         v_lp = linear_probe(p)
         # (v_lp, B0) is a zero of F = L + lam ||B - B0||^2 when LP fits: the global minimum
@@ -336,7 +336,7 @@ def check_m4(data, extra) -> CheckResult:
         tr = M.partial_lp_ft(p, v0, tau=tau, ts=TS, t_max=T_END, check=False, **SOLVER)
         V, Bs = _full(p, v0, TS, tau=tau)
         gaps.append(max(_rel(tr.v, V), _rel(tr.B, Bs)))
-        if cfg.name != "quick":  # an observation: full mode only (10 solves to convergence)
+        if cfg.name == "full":  # an observation: full mode only (10 solves to convergence)
             oods = [
                 float(M.partial_lp_ft(p, v0, tau=t, check=False, **SOLVER).final_metrics.ood_error)
                 for t in (0.0, 0.02, 0.1, 0.5, 2.0)
