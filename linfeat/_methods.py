@@ -155,3 +155,40 @@ def weight_decay_ft(problem: Problem, v0, *, mu, ts=None, t_max=None, num_save: 
         num_save=num_save, rtol=rtol, atol=atol, grad_tol=grad_tol, max_steps=max_steps,
         check=check, what="weight_decay_ft",
     )  # fmt: skip
+
+
+@_doc
+def combined_ft(problem: Problem, v0, *, lam=0.0, lam_v=0.0, eta_v=1.0, eta_B=1.0, mu=0.0,
+                tau=0.0, alpha=1.0, ts=None, t_max=None, num_save: int = 64, rtol=None,
+                atol=None, grad_tol=None, max_steps: int = 100_000,
+                check: bool = True):  # fmt: skip
+    r"""The flow every method here is a case of: partial LP, then the penalised flow, then WiSE-FT.
+
+    LP for time $\tau$ (`partial_lp_ft`), then $\dot v = -\eta_v\nabla_vF$,
+    $\dot B = -\eta_B\nabla_BF$ with
+    $F = \hat L + \lambda\|B - B_0\|_F^2 + \lambda_v\|v - v_0\|^2 + \mu(\|v\|^2 + \|B\|_F^2)$,
+    and the states mixed with the start as $(1 - \alpha)\theta_0 + \alpha\theta(t)$ (`wise_ft`).
+    The defaults are plain FT. One call sets any combination of knobs (and one
+    `jax.grad` differentiates with respect to all of them); $B(t)\Pi_\perp = c(t)B_0\Pi_\perp$
+    with $\dot c = -2\eta_B(\lambda(c - 1) + \mu c)$ (docs/theory.md, section 9).
+
+    Args:
+        problem: the `Problem`.
+        v0: initial head (k,).
+        lam, lam_v, mu, tau: $\ge 0$; eta_v, eta_B: $> 0$; alpha: finite (see the methods).
+        SOLVER_ARGS
+
+    Returns:
+        A `WeightDecayTrajectory` (a `Trajectory` plus the factor c(t) of $B\Pi_\perp$).
+
+    References:
+        arXiv:1802.01483 (L2-SP), arXiv:2302.05779 (partial LP), arXiv:2109.01903 (WiSE-FT).
+    """
+    knobs = dict(lam=(lam, "nonneg"), lam_v=(lam_v, "nonneg"), eta_v=(eta_v, "positive"),
+                 eta_B=(eta_B, "positive"), mu=(mu, "nonneg"), tau=(tau, "nonneg"),
+                 alpha=(alpha, "finite"))  # fmt: skip
+    return run_method(
+        problem, v0, knobs, method="weight_decay", ts=ts, t_max=t_max, num_save=num_save,
+        rtol=rtol, atol=atol, grad_tol=grad_tol, max_steps=max_steps, check=check,
+        what="combined_ft",
+    )  # fmt: skip

@@ -8,6 +8,7 @@ returns a `Trajectory` whose metrics are those of the effective (v, B). WiSE-FT 
 available as a post-processing of any FT trajectory. `linfeat check` sections M1-M4, M7.
 """
 
+from ._methods import combined_ft as combined_ft
 from ._methods import l2_sp as l2_sp
 from ._methods import layerwise_ft as layerwise_ft
 from ._methods import partial_lp_ft as partial_lp_ft
@@ -24,4 +25,5 @@ __all__ = [
     "wise_ft", "wise_ft_metrics", "output_ensemble", "wise_ft_ood_polynomials",
     "WiseFTPolynomials", "EnsembleErrors",
     "l2_sp", "layerwise_ft", "partial_lp_ft", "weight_decay_ft", "WeightDecayTrajectory",
+    "combined_ft",
 ]  # fmt: skip
