@@ -29,7 +29,9 @@ _TINY = {
     "random_head": dict(batches=2, per_batch=200, sigmas=[0.3, 1.0, 3.0]),
     "gd_vs_flow": dict(problems=2, sgd_keys=2, save_every=[1], opt_save_every=1, batch_size=4),
     "synthetic_table": dict(seeds=3),
-    "zoo": dict(seeds=3, tune_seeds=2, tune_steps=2, ood_samples=20),
+    "zoo": dict(
+        seeds=3, tune_seeds=2, tune_steps=2, ood_samples=20, tune_scenarios=[1], grid_points=3
+    ),
 }
 
 
