@@ -35,7 +35,9 @@ def results():
     return {r.id: r for r in C.run_checks(TINY, seed=0, progress=False)}
 
 
-@pytest.mark.parametrize("rid", ["T1", "T2"] + [f"R{i}" for i in range(1, 13)])
+@pytest.mark.parametrize(
+    "rid", ["T1", "T2"] + [f"R{i}" for i in range(1, 13)] + ["M1", "M2", "M3", "M4", "M7"]
+)
 def test_rigorous_checks_pass(results, rid):
     r = results[rid]
     assert r.verdict == "PASS", [(s.name, s.violations, s.nonconverged) for s in r.subs]

@@ -29,6 +29,9 @@ _TINY = {
     "random_head": dict(batches=2, per_batch=200, sigmas=[0.3, 1.0, 3.0]),
     "gd_vs_flow": dict(problems=2, sgd_keys=2, save_every=[1], opt_save_every=1, batch_size=4),
     "synthetic_table": dict(seeds=3),
+    "zoo": dict(
+        seeds=3, tune_seeds=2, tune_steps=2, ood_samples=20, tune_scenarios=[1], grid_points=3
+    ),
 }
 
 
@@ -60,6 +63,8 @@ def _tiny_config(name, mod):
     if name == "ft_lower_bound":
         # One shape for both groups (the k = 1 group of the real config costs a compile).
         cfg["groups"] = [dict(a=1.0, dims=C.TINY_DIMS), dict(a=5.0, dims=C.TINY_DIMS)]
+    if name == "zoo":
+        cfg["scenarios"] = cfg["scenarios"][:2]
     return cfg
 
 
@@ -80,6 +85,7 @@ _SLOW = {
     "tradeoff",
     "time_course",
     "toy2d",
+    "zoo",
 }
 
 
@@ -103,6 +109,9 @@ def test_experiment_smoke(name, tmp_path):
     assert (tmp_path / f"{name}.pdf").exists()
     if name == "synthetic_table":
         assert "Summary" in (tmp_path / "synthetic_table.md").read_text()
+    if name == "zoo":
+        assert "Knobs tuned" in (tmp_path / "zoo_table.md").read_text()
+        assert (tmp_path / "zoo_tuned.png").stat().st_size > 1000
 
 
 def test_cache_and_resume(tmp_path, monkeypatch):

@@ -23,13 +23,17 @@ from ._config import FULL, QUICK, TOL, CheckResult, Config
 from ._invariants import check_r1, check_r2
 from ._lower_bound import check_r5, check_r6
 from ._lp import check_r3, check_r4, check_r7, check_r9
+from ._methods import check_m1, check_m2, check_m3, check_m4, check_m7
 from ._oracles import _extra_k1, _extra_pairs, check_t1, check_t2
 from ._report import _json_default, write_figures, write_markdown
 from ._sampling import _dense_ood, _extra_lp_flow, _extra_toy, collect
 from ._search import _extra_counterexample, _extra_printed_family, worst_case_search
 
-# T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13
-ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+# T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13,
+# then the method zoo (docs/theory.md, section 9)
+ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14)) + ("M1", "M2", "M3", "M4", "M7")
+# the ids whose checks read the sampled groups (`collect`); the others draw their own instances
+NEEDS_COLLECT = frozenset(f"R{i}" for i in range(1, 14))
 
 
 def run_checks(
@@ -52,9 +56,9 @@ def run_checks(
         "printed_family": {"R5"},
         "toy": {"R12"},
     }
-    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1 and T2 alone
-    # run only their own instances
-    sampled = bool(only - {"T1", "T2"})
+    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1, T2 and the
+    # method checks alone run only their own instances
+    sampled = bool(only & NEEDS_COLLECT)
     stages = (
         ["collect"]
         + [k for k, ids in needs_extra.items() if ids & only]
@@ -72,7 +76,7 @@ def run_checks(
         bar.set_postfix_str("sampling and solving")
         data = collect(cfg, seed, progress=bar)
         timings["sample and solve (all groups)"] = time.perf_counter() - t0
-    extra = {"v0_norm2": None}
+    extra = {"v0_norm2": None, "cfg": cfg, "seed": seed}
     extra_fns = {
         "k1": lambda: _extra_k1(cfg, seed),
         "full": lambda: _extra_pairs(cfg, seed),
@@ -110,6 +114,11 @@ def run_checks(
         "R11": check_r11,
         "R12": check_r12,
         "R13": check_r13,
+        "M1": check_m1,
+        "M2": check_m2,
+        "M3": check_m3,
+        "M4": check_m4,
+        "M7": check_m7,
     }
     results = []
     for rid in sorted(only, key=ALL_IDS.index):
