@@ -9,6 +9,7 @@ The public API is what this module re-exports, plus `linfeat.theory` (bounds, co
 closed-form oracles); every other module is private.
 """
 
+from . import methods as methods
 from . import theory as theory
 from ._batched import fine_tune_batch as fine_tune_batch
 from ._batched import sweep as sweep
@@ -55,4 +56,6 @@ __all__ = [
     "metrics", "train_loss", "id_error", "ood_error", "feature_distance", "feature_change",
     # The analytic side: bounds, constants, closed-form oracles
     "theory",
+    # More fine-tuning methods (the method zoo, docs/theory.md sections 9-10)
+    "methods",
 ]  # fmt: skip

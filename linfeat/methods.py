@@ -9,11 +9,11 @@ can be compared with FT on the same footing.
 
 from ._methods_arch import DeepTrajectory as DeepTrajectory
 from ._methods_arch import LoRATrajectory as LoRATrajectory
-from ._methods_arch import SurgicalExact as SurgicalExact
 from ._methods_arch import depth3_fine_tune as depth3_fine_tune
 from ._methods_arch import lora_fine_tune as lora_fine_tune
 from ._methods_arch import lora_init as lora_init
-from ._methods_arch import surgical_exact as surgical_exact
-from ._methods_arch import surgical_fine_tune as surgical_fine_tune
+from ._methods_surgical import SurgicalExact as SurgicalExact
+from ._methods_surgical import surgical_exact as surgical_exact
+from ._methods_surgical import surgical_fine_tune as surgical_fine_tune
 
 __all__ = [name for name in dir() if not name.startswith("_")]
