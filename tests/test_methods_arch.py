@@ -249,3 +249,18 @@ def test_bad_inputs_raise(prob):
         M.surgical_exact(p, v0, np.array([0.0, 2.0, 1.0]))
     with pytest.warns(lf.TheoryConditionWarning, match="v0 = 0"):
         M.surgical_fine_tune(p, np.zeros(K), ts=TS)
+
+
+@pytest.mark.slow  # ~40 s on 2 cores: three flows compiled, SciPy references
+def test_method_checks_pass():
+    """`linfeat check --only M5,M6,M8` (two instances each) passes every rigorous row, and its
+    trajectory comparisons see flows that move far more than their tolerance."""
+    from linfeat import checks as C
+
+    tiny = C.Config(name="tiny", groups=())
+    res = {r.id: r for r in C.run_checks(tiny, seed=1, only=["M5", "M6", "M8"], progress=False)}
+    for rid in ("M5", "M6", "M8"):
+        rigorous = [s for s in res[rid].subs if s.kind == C.RIGOROUS]
+        assert res[rid].verdict == "PASS" and all(s.n == 2 for s in rigorous), rid
+    assert res["M5"].numbers["median travel max_t |B(t) - B0|"] > 1e3 * C.TOL["trajectory"]
+    assert res["M6"].subs[-2].worst > 1e-3  # LoRA moved the features off S on every instance
