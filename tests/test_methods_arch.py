@@ -92,6 +92,12 @@ def test_surgical_matches_closed_form_expm_and_full_space(prob):
     w_inf = np.asarray(M.surgical_exact(prob["p"], v0, 1e4 * TS).w[-1])
     assert np.max(np.abs(X @ w_inf - Y)) <= 1e-10
     assert np.max(np.abs(perp @ (w_inf - B0.T @ v0))) <= 1e-12
+    # from the linear probe, the limit keeps LP's error off S and removes it on S (Sigma = I)
+    v_lp = np.asarray(lf.linear_probe(prob["p"]))
+    e_lp = B0.T @ v_lp - np.asarray(prob["p"].w_star)
+    e_inf = np.asarray(M.surgical_exact(prob["p"], v_lp, 1e4 * TS).w[-1]) - (B0.T @ v_lp - e_lp)
+    assert np.max(np.abs(e_inf - perp @ e_lp)) <= 1e-10
+    assert e_inf @ e_inf < e_lp @ e_lp
 
 
 def test_surgical_vmap_equals_loop(prob):
