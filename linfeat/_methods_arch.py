@@ -4,7 +4,8 @@ Each public function runs one instance (vmap it for batches; it is differentiabl
 respect to the problem's arrays, the head and the method's initial arrays) through the one
 solver core `linfeat._engine.solve`, on the exact small states of `linfeat._arch_flows`, and
 returns the metrics of the *effective* linear model $x \mapsto u^TB_{eff}x$ at every save
-time, so that every method can be compared with FT on the same footing.
+time, so that every method can be compared with FT on the same footing. This module has LoRA,
+depth 3 and the validation they share with surgical FT (`linfeat._methods_surgical`).
 """
 
 from __future__ import annotations
