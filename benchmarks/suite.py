@@ -763,6 +763,42 @@ def section_memory(res, cfg: Config):
     print(f"  memory: {out}", flush=True)
 
 
+# --------------------------------------------------------------------------- methods (zoo B)
+
+
+def section_methods_arch(res, cfg: Config):
+    """FT, surgical FT, LoRA (rank 4) and depth 3 on the same few small problems, each
+    `jax.jit(jax.vmap(method))` through the one engine (second calls; default tolerances).
+    LoRA and depth 3 use the dense Jacobian solve of `AbstractFlow` (Gauss-Jordan on states of
+    k + 4k + 4r = 130 and k + k^2 + kr = 310 numbers at k = 10, r = 20: O(N^3) per step, which
+    dominates their cost; measured --tiny, d = 40, 4 lanes: FT 0.04 s, LoRA 5.6 s, depth 3
+    51 s), FT and surgical FT their structured solves; hence at most 8 lanes."""
+    from linfeat import methods as M
+
+    b = min(cfg.compile_batch, 8)
+    probs, v0s, _ = small_workload(cfg, b, seed=11)
+    A0 = M.lora_init(jax.random.key(12), 4, cfg.d)
+    runs = {
+        "fine_tune": lambda p, v: lf.fine_tune(p, v, check=False),
+        "surgical_fine_tune": lambda p, v: M.surgical_fine_tune(p, v, check=False),
+        "lora_fine_tune (rank 4)": lambda p, v: M.lora_fine_tune(p, v, A0=A0, check=False),
+        "depth3_fine_tune": lambda p, v: M.depth3_fine_tune(p, v, check=False),
+    }
+    rows = res.setdefault("methods_arch", [])
+    for name, fn in runs.items():
+        tr, t = timed(jax.jit(jax.vmap(fn)), probs, v0s)
+        steps = np.asarray(tr.num_steps)
+        row = dict(method=name, batch=b, d=cfg.d, k=K, m=cfg.m, run_s=t["run_s"],
+                   compile_s=t["compile_s"], traj_per_s=b / t["run_s"],
+                   steps_mean=float(steps.mean()), steps_max=int(steps.max()),
+                   **status_fractions(tr.status))  # fmt: skip
+        rows.append(row)
+        print(f"  {name:24s} b={b} run {row['run_s']:.3f} s ({row['traj_per_s']:.1f} traj/s), "
+              f"compile {row['compile_s']:.1f} s, steps {row['steps_mean']:.0f} / "
+              f"{row['steps_max']}, converged {row['converged']:.1%}", flush=True)  # fmt: skip
+        del tr
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -778,7 +814,7 @@ def _print(r):
 
 
 SECTIONS = ("compile", "natural_vs_batch", "previous_release", "accuracy", "baselines",
-            "dscaling", "memory")  # fmt: skip
+            "dscaling", "memory", "methods_arch")  # fmt: skip
 
 
 def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
@@ -809,6 +845,7 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
         "baselines": lambda: section_baselines(res, cfg),
         "dscaling": lambda: section_dscaling(res, cfg),
         "memory": lambda: section_memory(res, cfg),
+        "methods_arch": lambda: section_methods_arch(res, cfg),
     }
     for name in SECTIONS:
         if name in skip:

@@ -56,6 +56,6 @@ __all__ = [
     "metrics", "train_loss", "id_error", "ood_error", "feature_distance", "feature_change",
     # The analytic side: bounds, constants, closed-form oracles
     "theory",
-    # Methods that followed LP-FT (WiSE-FT, L2-SP, layer-wise rates, ...): docs/theory.md, 9
+    # More fine-tuning methods (the method zoo, docs/theory.md sections 9-10)
     "methods",
 ]  # fmt: skip

@@ -125,6 +125,13 @@ MUTANTS = (
         "    if lp_init:\n        v0 = v0\n",
         "LP-FT starts FT from its initial head instead of the linear probe",
     ),
+    Mutant(
+        "LoRA dA without U^T",
+        "_arch_flows.py",
+        "        return dv, -2.0 * jnp.outer(v, Crho), -2.0 * jnp.outer(U.T @ v, rho)\n",
+        "        return dv, -2.0 * jnp.outer(v, Crho), -2.0 * jnp.outer(U @ v, rho)\n",
+        "LoRA's gradient of A with U instead of U^T (runs when rank = k, as in check M6)",
+    ),
 )
 
 

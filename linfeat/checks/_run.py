@@ -24,6 +24,7 @@ from ._invariants import check_r1, check_r2
 from ._lower_bound import check_r5, check_r6
 from ._lp import check_r3, check_r4, check_r7, check_r9
 from ._methods import check_m1, check_m2, check_m3, check_m4, check_m7
+from ._methods_arch import _extra_m5, _extra_m6, _extra_m8, check_m5, check_m6, check_m8
 from ._oracles import _extra_k1, _extra_pairs, check_t1, check_t2
 from ._report import _json_default, write_figures, write_markdown
 from ._sampling import _dense_ood, _extra_lp_flow, _extra_toy, collect
@@ -31,7 +32,8 @@ from ._search import _extra_counterexample, _extra_printed_family, worst_case_se
 
 # T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13,
 # then the method zoo (docs/theory.md, section 9)
-ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14)) + ("M1", "M2", "M3", "M4", "M7")
+ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+ALL_IDS += tuple(f"M{i}" for i in range(1, 9))
 # the ids whose checks read the sampled groups (`collect`); the others draw their own instances
 NEEDS_COLLECT = frozenset(f"R{i}" for i in range(1, 14))
 
@@ -55,6 +57,9 @@ def run_checks(
         "search_rigorous": {"R5"},
         "printed_family": {"R5"},
         "toy": {"R12"},
+        "m5": {"M5"},
+        "m6": {"M6"},
+        "m8": {"M8"},
     }
     # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1, T2 and the
     # method checks alone run only their own instances
@@ -76,7 +81,7 @@ def run_checks(
         bar.set_postfix_str("sampling and solving")
         data = collect(cfg, seed, progress=bar)
         timings["sample and solve (all groups)"] = time.perf_counter() - t0
-    extra = {"v0_norm2": None, "cfg": cfg, "seed": seed}
+    extra = {"v0_norm2": None, "cfg": cfg, "seed": seed, "m_cfg": cfg}
     extra_fns = {
         "k1": lambda: _extra_k1(cfg, seed),
         "full": lambda: _extra_pairs(cfg, seed),
@@ -86,6 +91,9 @@ def run_checks(
         "search_rigorous": lambda: worst_case_search(cfg, seed, "rigorous"),
         "printed_family": lambda: _extra_printed_family(cfg),
         "toy": lambda: _extra_toy(cfg),
+        "m5": lambda: _extra_m5(cfg, seed),
+        "m6": lambda: _extra_m6(cfg, seed),
+        "m8": lambda: _extra_m8(cfg, seed),
     }
     for name in stages[1:]:
         if name in extra_fns:
@@ -118,7 +126,10 @@ def run_checks(
         "M2": check_m2,
         "M3": check_m3,
         "M4": check_m4,
+        "M5": check_m5,
+        "M6": check_m6,
         "M7": check_m7,
+        "M8": check_m8,
     }
     results = []
     for rid in sorted(only, key=ALL_IDS.index):
