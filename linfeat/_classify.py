@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,11 +49,15 @@ T_MAX_SCALE = 1e8  # default t_max = T_MAX_SCALE / lam_max(X^T X)
 
 class LogisticData(NamedTuple):
     """Data of the logistic flow: inputs (XQ in the reduced coordinates, X in $R^d$), labels
-    $\\pm 1$, and the training-loss threshold of the stop test."""
+    $\\pm 1$, the training-loss threshold of the stop test, and $\\tau$ (1 FT, 0 LP).
+
+    $\\tau$ is data, not a static flag, so that FT, LP and both stages of LP-FT share one
+    compiled solver program (compiling one takes seconds, running one milliseconds)."""
 
     X: Float[Array, "n r"]
     y: Float[Array, " n"]
     loss_tol: Float[Array, ""]
+    tau: Float[Array, ""]
 
 
 def logistic_loss(z, y) -> Float[Array, ""]:
@@ -70,14 +73,11 @@ class LogisticFlow(AbstractFlow):
     most `loss_tol` or the gradient norm below `grad_tol`.
     """
 
-    train_features: bool = eqx.field(static=True, default=True)
-
     def field(self, y, args: LogisticData):
         v, A = y
         z = args.X @ (A.T @ v)
         h = args.X.T @ (-args.y * jax.nn.sigmoid(-args.y * z))
-        dA = -jnp.outer(v, h) if self.train_features else jnp.zeros_like(A)
-        return -(A @ h), dA
+        return -(A @ h), -args.tau * jnp.outer(v, h)
 
     def loss(self, y, args: LogisticData):
         v, A = y
@@ -146,19 +146,23 @@ def _full_metrics(problem: Problem, v, B, v0, flow: LogisticFlow, data: Logistic
     )
 
 
-def _stage(problem, red, v0, settings, loss_tol, *, num_save, train_features, max_steps, mode):
+def default_logistic_times(lam, num_save: int) -> Float[Array, " T"]:
+    r"""0, then log-spaced times over $[10^{-2}, 10^{8}] / \lambda_{max}(X^TX)$."""
+    tail = jnp.logspace(-2, np.log10(T_MAX_SCALE), num_save - 1, dtype=lam.dtype) / lam
+    return jnp.concatenate([jnp.zeros((1,), lam.dtype), tail])
+
+
+def _stage(problem, red, v0, settings, loss_tol, tau, *, num_save, max_steps, mode):
     """One logistic flow from (v0, B0): reduced (v, A) or full (v, B) state."""
-    flow = LogisticFlow(train_features=train_features)
+    flow = LogisticFlow()
     ts, t_max, grad_tol = _settings(red, problem.Y, v0, settings, num_save)
     lam = jnp.max(red.sigma2)
     if settings.t_max is None:  # separable data: the loss falls like 1/t, allow a longer run
         t_max = T_MAX_SCALE / lam
-    if settings.ts is None:  # saves over [1e-2, T_MAX_SCALE] / lam (log-spaced)
-        ts = jnp.concatenate(
-            [jnp.zeros((1,), lam.dtype), jnp.logspace(-2, 8, num_save - 1, dtype=lam.dtype) / lam]
-        )
+    if settings.ts is None:
+        ts = default_logistic_times(lam, num_save)
     full = mode == "full"
-    data = LogisticData(problem.X if full else red.XQ, problem.Y, loss_tol)
+    data = LogisticData(problem.X if full else red.XQ, problem.Y, loss_tol, tau)
     sol = solve(
         flow,
         (v0, problem.B0 if full else red.A0),
@@ -193,20 +197,12 @@ def _stage(problem, red, v0, settings, loss_tol, *, num_save, train_features, ma
     )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_save", "train_features", "lp_init", "max_steps", "mode")
-)
-def _solve_logistic(problem, v0, settings, loss_tol, *, num_save, train_features, lp_init,
-                    max_steps, mode) -> Trajectory:  # fmt: skip
-    red = reduce(problem)
-    kw = dict(num_save=num_save, max_steps=max_steps, mode=mode)
-    if lp_init:
-        lp = _stage(problem, red, v0, settings, loss_tol, train_features=False, **kw)
-        traj = _stage(problem, red, lp.v_final, settings, loss_tol, train_features=True, **kw)
-        # a failed probe (step limit, NaN, solver error) makes the whole LP-FT run fail
-        failed = lp.status >= 2
-        return traj._replace(status=jnp.where(failed, lp.status, traj.status))
-    return _stage(problem, red, v0, settings, loss_tol, train_features=train_features, **kw)
+@functools.partial(jax.jit, static_argnames=("num_save", "max_steps", "mode"))
+def _solve_logistic(problem, v0, settings, loss_tol, tau, *, num_save, max_steps,
+                    mode) -> Trajectory:  # fmt: skip
+    """One stage (FT for tau = 1, LP for tau = 0): one compiled program for both."""
+    return _stage(problem, reduce(problem), v0, settings, loss_tol, tau, num_save=num_save,
+                  max_steps=max_steps, mode=mode)  # fmt: skip
 
 
 def check_labels(problem: Problem) -> None:
@@ -236,11 +232,19 @@ def _logistic(problem, v0, *, ts, t_max, num_save, rtol, atol, grad_tol, loss_to
         V.check_nonneg("loss_tol", loss_tol, scalar=True, fix="0 switches the loss test off.")
     settings = make_settings(dtype, ts=ts, t_max=t_max, rtol=rtol, atol=atol, grad_tol=grad_tol)
     num_save = num_save if ts is None else int(np.shape(ts)[-1])
-    traj = _solve_logistic(
-        problem, jnp.asarray(v0, dtype), settings, jnp.asarray(loss_tol, dtype),
-        num_save=num_save, train_features=train_features, lp_init=lp_init,
-        max_steps=max_steps, mode=mode,
+    run = functools.partial(
+        _solve_logistic, problem, settings=settings, loss_tol=jnp.asarray(loss_tol, dtype),
+        num_save=num_save, max_steps=max_steps, mode=mode,
     )  # fmt: skip
+    one, zero = jnp.ones((), dtype), jnp.zeros((), dtype)
+    v0 = jnp.asarray(v0, dtype)
+    if lp_init:  # LP-FT: the probe, then FT from its final head (the same program twice)
+        lp = run(v0, tau=zero)
+        traj = run(lp.v_final, tau=one)
+        # a failed probe (step limit, NaN, solver error) makes the whole LP-FT run fail
+        traj = traj._replace(status=jnp.where(lp.status >= 2, lp.status, traj.status))
+    else:
+        traj = run(v0, tau=one if train_features else zero)
     if check:
         _raise_on_failure(traj, what)
     return traj

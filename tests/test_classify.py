@@ -281,3 +281,18 @@ def test_bad_inputs_raise():
     clean = np.sign(np.asarray(noisy.X @ noisy.w_star))
     assert set(np.unique(np.asarray(noisy.Y))) <= {-1.0, 1.0}
     assert np.any(np.asarray(noisy.Y) != clean)
+
+
+@pytest.mark.slow
+def test_linfeat_check_classification_sections():
+    """`linfeat check --quick --only C1,...,C6`: the rigorous rows pass, no sampled groups run."""
+    from linfeat.checks import QUICK, run_checks
+    from linfeat.checks._classify import CLS_IDS
+
+    timings: dict = {}
+    results = run_checks(QUICK, only=list(CLS_IDS), progress=False, timings=timings)
+    assert [r.id for r in results] == list(CLS_IDS)
+    assert "sample and solve (all groups)" not in timings
+    verdicts = {r.id: r.verdict for r in results}
+    assert verdicts == {"C1": "PASS", "C2": "PASS", "C3": "PASS", "C4": "REPORTED",
+                        "C5": "REPORTED", "C6": "REPORTED"}  # fmt: skip

@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from .._cli import environment
 from .._io import atomic_write_text
 from .._runtime import release_compiled_programs
+from ._classify import CHECKS as CLS_CHECKS
+from ._classify import CLS_FULL, CLS_IDS, CLS_QUICK, collect_cls
 from ._comparisons import check_r8, check_r10, check_r11, check_r12, check_r13
 from ._config import FULL, QUICK, TOL, CheckResult, Config
 from ._invariants import check_r1, check_r2
@@ -30,6 +32,8 @@ from ._search import _extra_counterexample, _extra_printed_family, worst_case_se
 
 # T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13
 ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+# then C1-C6: classification (docs/theory.md section 11; own instances, `_classify`)
+ALL_IDS = ALL_IDS + CLS_IDS
 
 
 def run_checks(
@@ -51,10 +55,11 @@ def run_checks(
         "search_rigorous": {"R5"},
         "printed_family": {"R5"},
         "toy": {"R12"},
+        "cls": set(CLS_IDS),
     }
-    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1 and T2 alone
-    # run only their own instances
-    sampled = bool(only - {"T1", "T2"})
+    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1, T2 and the
+    # classification checks C1-C6 alone run only their own instances
+    sampled = bool(only - {"T1", "T2"} - set(CLS_IDS))
     stages = (
         ["collect"]
         + [k for k, ids in needs_extra.items() if ids & only]
@@ -82,6 +87,7 @@ def run_checks(
         "search_rigorous": lambda: worst_case_search(cfg, seed, "rigorous"),
         "printed_family": lambda: _extra_printed_family(cfg),
         "toy": lambda: _extra_toy(cfg),
+        "cls": lambda: collect_cls(CLS_QUICK if cfg.name == "quick" else CLS_FULL, seed),
     }
     for name in stages[1:]:
         if name in extra_fns:
@@ -110,6 +116,7 @@ def run_checks(
         "R11": check_r11,
         "R12": check_r12,
         "R13": check_r13,
+        **{cid: (lambda d, e, f=f: f(e["cls"], e)) for cid, f in CLS_CHECKS.items()},
     }
     results = []
     for rid in sorted(only, key=ALL_IDS.index):
