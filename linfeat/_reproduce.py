@@ -47,6 +47,7 @@ EXPERIMENTS = (
     "random_head",
     "gd_vs_flow",
     "synthetic_table",
+    "classification",
 )
 _PACKAGE = "_linfeat_experiments"  # private module name the scripts are imported under
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

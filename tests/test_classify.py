@@ -296,3 +296,28 @@ def test_linfeat_check_classification_sections():
     verdicts = {r.id: r.verdict for r in results}
     assert verdicts == {"C1": "PASS", "C2": "PASS", "C3": "PASS", "C4": "REPORTED",
                         "C5": "REPORTED", "C6": "REPORTED"}  # fmt: skip
+
+
+def test_synthetic_table_accuracy_summary_in_points():
+    """The accuracy summary of experiments/synthetic_table.py quotes what the arrays give:
+    per seed the mean over scenarios of the difference, in points, then mean and 90% interval;
+    the verdict compares sign and size with the paper."""
+    from linfeat import _reproduce as R
+
+    mod = R.load_experiment("synthetic_table")
+    rng = np.random.default_rng(0)
+    shape = (10, 40)  # scenarios, seeds
+    r = {f"acc_{t}_{k}": rng.uniform(0.6, 0.9, shape) for t in ("lp", "ft", "lpft")
+         for k in ("id", "ood")}  # fmt: skip
+    r["acc_ft_ood"] = r["acc_lp_ood"] - 0.14  # FT 14 points below LP OOD: twice the paper's 7
+    rows = {row["label"]: row for row in mod.accuracy_summary(r)}
+    row = rows["FT - LP, OOD"]
+    assert abs(row["mean"] + 14.0) < 1e-9 and abs(row["hi"] - row["lo"]) < 1e-9
+    assert row["verdict"] == "same sign, 2.0 x the paper's size"
+    per_seed = 100 * (r["acc_ft_id"] - r["acc_lp_id"]).mean(axis=0)
+    half = 1.6448536269514722 * per_seed.std(ddof=1) / np.sqrt(40)
+    assert abs(rows["FT - LP, ID"]["lo"] - (per_seed.mean() - half)) < 1e-9
+    text = mod.accuracy_summary_markdown(r, mod.CONFIGS["quick"])
+    assert (
+        "| FT - LP, OOD | -14.0 [-14.0, -14.0] | -7 | same sign, 2.0 x the paper's size |" in text
+    )

@@ -28,7 +28,8 @@ _TINY = {
     "time_course": dict(seeds=4),
     "random_head": dict(batches=2, per_batch=200, sigmas=[0.3, 1.0, 3.0]),
     "gd_vs_flow": dict(problems=2, sgd_keys=2, save_every=[1], opt_save_every=1, batch_size=4),
-    "synthetic_table": dict(seeds=3),
+    "synthetic_table": dict(seeds=3, cls_dims=dict(d=12, k=2, m=4, n=8)),
+    "classification": dict(seeds=3, eps=[0.1, 1.0], rho_curve=[0.0, 0.5, 1.0]),
 }
 
 
@@ -80,6 +81,7 @@ _SLOW = {
     "tradeoff",
     "time_course",
     "toy2d",
+    "classification",
 }
 
 
