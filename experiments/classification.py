@@ -38,6 +38,9 @@ _BASE = dict(
 )
 CONFIGS = {"quick": dict(_BASE, seeds=16), "full": dict(_BASE, seeds=96)}
 METHODS = (("lp", "LP"), ("ft", "FT"), ("lpft", "LP-FT"))
+# LP-FT dashed: where the probe already meets the loss threshold its FT stage stops at once
+# and LP-FT coincides with LP (docs/theory.md 11.2)
+LINESTYLE = {"lp": "-", "ft": "-", "lpft": "--"}
 
 
 @functools.cache
@@ -171,17 +174,22 @@ def plot(results, config, outdir):
     eps = np.asarray(config["eps"])
     ax = axes[0]
     for tag, name in METHODS:
-        C.band(ax, rho, 100 * r[f"shift_{tag}_curve"], color=C.COLORS[name], label=name)
+        C.band(ax, rho, 100 * r[f"shift_{tag}_curve"], color=C.COLORS[name], label=name,
+               ls=LINESTYLE[tag])  # fmt: skip
     ax.set_xlabel(r"shift size $\rho$: $\Sigma_{ood} = (1-\rho)\Pi_S + \rho\Pi_\perp$")
     ax.set_ylabel("OOD accuracy (%), closed form")
-    ax.set_title(f"(a) stopped predictors, $\\varepsilon = {f['eps']:g}$", fontsize=9)
+    ax.set_title(
+        f"(a) stopped predictors, $\\varepsilon = {f['eps']:g}$ (LP-FT dashed: = LP where "
+        "the probe met the loss threshold)",
+        fontsize=8,
+    )
     for ax, kind, label in (
         (axes[1], "ood", r"OOD accuracy (%), $\Sigma_{ood} = I$"),
         (axes[2], "id", "ID accuracy (%)"),
     ):
         for tag, name in METHODS:
             C.band(ax, eps, 100 * r[f"eps_{tag}_{kind}"].T, color=C.COLORS[name], label=name,
-                   marker="o")  # fmt: skip
+                   marker="o", ls=LINESTYLE[tag])  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel(r"feature error $\varepsilon = d(B_0, B^*)$")
         ax.set_ylabel(label)
