@@ -1,4 +1,4 @@
-r"""Orchestration and command line of `linfeat check` (docs/theory.md T1, T2, R1-R13).
+r"""Orchestration and command line of `linfeat check` (docs/theory.md T1, T2, R1-R13, C1-C6).
 
 `run_checks` runs the sampling, the extra runs that the requested checks need and the checks
 themselves, in the fixed order of `ALL_IDS`; `add_arguments` and `run` are the `linfeat check`
@@ -20,6 +20,7 @@ from .._io import atomic_write_text
 from .._runtime import release_compiled_programs
 from ._classify import CHECKS as CLS_CHECKS
 from ._classify import CLS_FULL, CLS_IDS, CLS_QUICK, collect_cls
+from ._classify_obs import CHECKS as CLS_OBS_CHECKS
 from ._comparisons import check_r8, check_r10, check_r11, check_r12, check_r13
 from ._config import FULL, QUICK, TOL, CheckResult, Config
 from ._invariants import check_r1, check_r2
@@ -116,7 +117,10 @@ def run_checks(
         "R11": check_r11,
         "R12": check_r12,
         "R13": check_r13,
-        **{cid: (lambda d, e, f=f: f(e["cls"], e)) for cid, f in CLS_CHECKS.items()},
+        **{
+            cid: (lambda d, e, f=f: f(e["cls"], e))
+            for cid, f in {**CLS_CHECKS, **CLS_OBS_CHECKS}.items()
+        },
     }
     results = []
     for rid in sorted(only, key=ALL_IDS.index):
