@@ -6,9 +6,11 @@ Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022. Re
 switch on float64 yourself (`jax.config.update("jax_enable_x64", True)`) for tight checks.
 
 The public API is what this module re-exports, plus `linfeat.theory` (bounds, constants and
-closed-form oracles); every other module is private.
+closed-form oracles) and `linfeat.classify` (logistic flows, accuracy); every other module is
+private.
 """
 
+from . import classify as classify
 from . import methods as methods
 from . import theory as theory
 from ._batched import fine_tune_batch as fine_tune_batch
@@ -58,4 +60,7 @@ __all__ = [
     "theory",
     # More fine-tuning methods (the method zoo, docs/theory.md sections 9-10)
     "methods",
+
+    # Classification: logistic flows and closed-form accuracy (docs/theory.md, section 11)
+    "classify",
 ]  # fmt: skip

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ._flows import AbstractFlow, gradient_norm
+from ._flows import AbstractFlow
 from ._rodas5p import Rodas5P
 
 
@@ -130,7 +130,7 @@ def solve(
     t1 = jnp.maximum(t1, ts[-1])  # diffrax needs every save time inside [0, t1]
 
     def converged(t, y, args, **kwargs):
-        return gradient_norm(flow.field(y, args)) < grad_tol
+        return flow.converged(y, args, grad_tol)
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, a: flow.field(y, a)),

@@ -32,6 +32,13 @@ class AbstractFlow(eqx.Module):
         """A callable $b \\mapsto (I - \\alpha J(y))^{-1} b$, J the Jacobian of `field` at y."""
         return dense_factor(self.field, y, args, alpha)
 
+    def converged(self, y, args, grad_tol):
+        """The stop test of `linfeat._engine.solve`: the gradient norm falls below `grad_tol`.
+
+        A method whose minimiser can lie at infinity (the logistic flows of
+        `linfeat._classify`) adds its own test (a training-loss threshold)."""
+        return gradient_norm(self.field(y, args)) < grad_tol
+
 
 class FlowData(NamedTuple):
     r"""The data of the reduced FT/LP flow: $s^2$ (squared singular values of X) and $g$.

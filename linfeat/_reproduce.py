@@ -48,6 +48,7 @@ EXPERIMENTS = (
     "gd_vs_flow",
     "synthetic_table",
     "zoo",
+    "classification",
 )
 _PACKAGE = "_linfeat_experiments"  # private module name the scripts are imported under
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"

@@ -8,6 +8,7 @@ numbers; the problem-level functions (`problem_constants`, `r5_bounds`, `r7_boun
 `linfeat check` (paper_checks.md) tests them all.
 """
 
+from ._accuracy import zero_one_error as zero_one_error
 from ._bounds import r5_delta0 as r5_delta0
 from ._bounds import r5_printed_bound as r5_printed_bound
 from ._bounds import r5_rigorous_bound as r5_rigorous_bound

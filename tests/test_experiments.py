@@ -28,10 +28,11 @@ _TINY = {
     "time_course": dict(seeds=4),
     "random_head": dict(batches=2, per_batch=200, sigmas=[0.3, 1.0, 3.0]),
     "gd_vs_flow": dict(problems=2, sgd_keys=2, save_every=[1], opt_save_every=1, batch_size=4),
-    "synthetic_table": dict(seeds=3),
+    "synthetic_table": dict(seeds=3, cls_dims=dict(d=12, k=2, m=4, n=8)),
     "zoo": dict(
         seeds=3, tune_seeds=2, tune_steps=2, ood_samples=20, tune_scenarios=[1], grid_points=3
     ),
+    "classification": dict(seeds=3, eps=[0.1, 1.0], rho_curve=[0.0, 0.5, 1.0]),
 }
 
 
@@ -86,6 +87,7 @@ _SLOW = {
     "time_course",
     "toy2d",
     "zoo",
+    "classification",
 }
 
 

@@ -18,7 +18,8 @@ Layout: `_config` (rules, configurations, records), `_sampling` (sampling and ba
 `_oracles` (T1, T2), `_invariants` (R1, R2), `_lp` (R3, R4, R7, R9), `_lower_bound` (R5, R6),
 `_search` (R5's counterexample, worst-case search and the printed constant's family),
 `_comparisons` (R8, R10-R13), `_report` (Markdown, figures), `_run` (`run_checks` and the
-command line) and `_mutants` (`linfeat mutate`: the mutation harness).
+command line) and `_mutants` (`linfeat mutate`: the mutation harness); `_classify` and
+`_classify_obs`: the classification checks C1-C6 on their own instances (docs/theory.md, 11).
 """
 
 from ._config import FULL as FULL

@@ -18,6 +18,9 @@ from tqdm.auto import tqdm
 from .._cli import environment
 from .._io import atomic_write_text
 from .._runtime import release_compiled_programs
+from ._classify import CHECKS as CLS_CHECKS
+from ._classify import CLS_FULL, CLS_IDS, CLS_QUICK, collect_cls
+from ._classify_obs import CHECKS as CLS_OBS_CHECKS
 from ._comparisons import check_r8, check_r10, check_r11, check_r12, check_r13
 from ._config import FULL, QUICK, TOL, CheckResult, Config
 from ._invariants import check_r1, check_r2
@@ -34,6 +37,8 @@ from ._search import _extra_counterexample, _extra_printed_family, worst_case_se
 # then the method zoo (docs/theory.md, section 9)
 ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
 ALL_IDS += tuple(f"M{i}" for i in range(1, 9))
+# then C1-C6: classification (docs/theory.md section 11; own instances, `_classify`)
+ALL_IDS += CLS_IDS
 # the ids whose checks read the sampled groups (`collect`); the others draw their own instances
 NEEDS_COLLECT = frozenset(f"R{i}" for i in range(1, 14))
 
@@ -60,6 +65,7 @@ def run_checks(
         "m5": {"M5"},
         "m6": {"M6"},
         "m8": {"M8"},
+        "cls": set(CLS_IDS),
     }
     # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1, T2 and the
     # method checks alone run only their own instances
@@ -94,6 +100,7 @@ def run_checks(
         "m5": lambda: _extra_m5(cfg, seed),
         "m6": lambda: _extra_m6(cfg, seed),
         "m8": lambda: _extra_m8(cfg, seed),
+        "cls": lambda: collect_cls(CLS_QUICK if cfg.name == "quick" else CLS_FULL, seed),
     }
     for name in stages[1:]:
         if name in extra_fns:
@@ -130,6 +137,10 @@ def run_checks(
         "M6": check_m6,
         "M7": check_m7,
         "M8": check_m8,
+        **{
+            cid: (lambda d, e, f=f: f(e["cls"], e))
+            for cid, f in {**CLS_CHECKS, **CLS_OBS_CHECKS}.items()
+        },
     }
     results = []
     for rid in sorted(only, key=ALL_IDS.index):
