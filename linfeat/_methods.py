@@ -14,17 +14,7 @@ from ._methods_run import run_method
 from ._problem import Problem
 from ._trajectory import Trajectory
 
-_SOLVER_ARGS = """
-        ts, t_max, num_save, rtol, atol, grad_tol, max_steps, check: as for
-            `linfeat.fine_tune` (the stop test is on the norm of this method's field)."""
 
-
-def _doc(f):
-    f.__doc__ = f.__doc__.replace("        SOLVER_ARGS", _SOLVER_ARGS.strip("\n"))
-    return f
-
-
-@_doc
 def l2_sp(problem: Problem, v0, *, lam, lam_v=0.0, ts=None, t_max=None, num_save: int = 64,
           rtol=None, atol=None, grad_tol=None, max_steps: int = 100_000,
           check: bool = True) -> Trajectory:  # fmt: skip
@@ -41,7 +31,8 @@ def l2_sp(problem: Problem, v0, *, lam, lam_v=0.0, ts=None, t_max=None, num_save
         v0: initial head (k,).
         lam: $\lambda \ge 0$, the weight of $\|B - B_0\|_F^2$ ($\lambda = 0$ is FT).
         lam_v: $\lambda_v \ge 0$, the weight of $\|v - v_0\|^2$ (default 0).
-        SOLVER_ARGS
+        ts, t_max, num_save, rtol, atol, grad_tol, max_steps, check: as for
+            `linfeat.fine_tune` (the stop test is on the norm of this method's field).
 
     Returns:
         A `Trajectory`.
@@ -57,7 +48,6 @@ def l2_sp(problem: Problem, v0, *, lam, lam_v=0.0, ts=None, t_max=None, num_save
     )  # fmt: skip
 
 
-@_doc
 def layerwise_ft(problem: Problem, v0, *, eta_v=1.0, eta_B=1.0, ts=None, t_max=None,
                  num_save: int = 64, rtol=None, atol=None, grad_tol=None,
                  max_steps: int = 100_000, check: bool = True) -> Trajectory:  # fmt: skip
@@ -73,7 +63,8 @@ def layerwise_ft(problem: Problem, v0, *, eta_v=1.0, eta_B=1.0, ts=None, t_max=N
         problem: the `Problem`.
         v0: initial head (k,).
         eta_v, eta_B: learning rates of the head and of the features, > 0 (default 1: FT).
-        SOLVER_ARGS
+        ts, t_max, num_save, rtol, atol, grad_tol, max_steps, check: as for
+            `linfeat.fine_tune` (the stop test is on the norm of this method's field).
 
     Returns:
         A `Trajectory`.
@@ -89,7 +80,6 @@ def layerwise_ft(problem: Problem, v0, *, eta_v=1.0, eta_B=1.0, ts=None, t_max=N
     )  # fmt: skip
 
 
-@_doc
 def partial_lp_ft(problem: Problem, v0, *, tau, ts=None, t_max=None, num_save: int = 64,
                   rtol=None, atol=None, grad_tol=None, max_steps: int = 100_000,
                   check: bool = True) -> Trajectory:  # fmt: skip
@@ -108,7 +98,8 @@ def partial_lp_ft(problem: Problem, v0, *, tau, ts=None, t_max=None, num_save: i
         problem: the `Problem`.
         v0: initial head (k,) of the LP stage.
         tau: LP time $\tau \ge 0$ (the paper's time convention, $\hat L = \|XB^Tv - Y\|^2$).
-        SOLVER_ARGS
+        ts, t_max, num_save, rtol, atol, grad_tol, max_steps, check: as for
+            `linfeat.fine_tune` (the stop test is on the norm of this method's field).
 
     Returns:
         A `Trajectory` of the FT stage.
@@ -124,7 +115,6 @@ def partial_lp_ft(problem: Problem, v0, *, tau, ts=None, t_max=None, num_save: i
     )  # fmt: skip
 
 
-@_doc
 def weight_decay_ft(problem: Problem, v0, *, mu, ts=None, t_max=None, num_save: int = 64,
                     rtol=None, atol=None, grad_tol=None, max_steps: int = 100_000,
                     check: bool = True):  # fmt: skip
@@ -140,7 +130,8 @@ def weight_decay_ft(problem: Problem, v0, *, mu, ts=None, t_max=None, num_save: 
         problem: the `Problem`.
         v0: initial head (k,).
         mu: decay $\mu \ge 0$ ($\mu = 0$ is FT).
-        SOLVER_ARGS
+        ts, t_max, num_save, rtol, atol, grad_tol, max_steps, check: as for
+            `linfeat.fine_tune` (the stop test is on the norm of this method's field).
 
     Returns:
         A `WeightDecayTrajectory` (a `Trajectory` plus the factor $c(t) = e^{-2\mu t}$ of
@@ -157,7 +148,6 @@ def weight_decay_ft(problem: Problem, v0, *, mu, ts=None, t_max=None, num_save: 
     )  # fmt: skip
 
 
-@_doc
 def combined_ft(problem: Problem, v0, *, lam=0.0, lam_v=0.0, eta_v=1.0, eta_B=1.0, mu=0.0,
                 tau=0.0, alpha=1.0, ts=None, t_max=None, num_save: int = 64, rtol=None,
                 atol=None, grad_tol=None, max_steps: int = 100_000,
@@ -176,7 +166,8 @@ def combined_ft(problem: Problem, v0, *, lam=0.0, lam_v=0.0, eta_v=1.0, eta_B=1.
         problem: the `Problem`.
         v0: initial head (k,).
         lam, lam_v, mu, tau: $\ge 0$; eta_v, eta_B: $> 0$; alpha: finite (see the methods).
-        SOLVER_ARGS
+        ts, t_max, num_save, rtol, atol, grad_tol, max_steps, check: as for
+            `linfeat.fine_tune` (the stop test is on the norm of this method's field).
 
     Returns:
         A `WeightDecayTrajectory` (a `Trajectory` plus the factor c(t) of $B\Pi_\perp$).

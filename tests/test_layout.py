@@ -110,7 +110,8 @@ def test_readme_and_experiments_use_only_public_names(path):
 
 
 def test_public_api_is_small_and_every_name_is_documented():
-    assert len(lf.__all__) <= 30
+    # the public surface: at most 30 names besides the namespaces (theory, methods, classify)
+    assert len([n for n in lf.__all__ if not inspect.ismodule(getattr(lf, n))]) <= 30
     # Submodules appear as attributes once imported (`linfeat.checks` by the CLI and tests).
     attributes = {n for n in dir(lf) if not n.startswith("_")}
     namespaces = {"theory", "methods", "classify"}  # public submodules (docs/api.md has each)
