@@ -767,15 +767,14 @@ def section_memory(res, cfg: Config):
 
 
 def section_methods_arch(res, cfg: Config):
-    """FT, surgical FT, LoRA (rank 4) and depth 3 on the same few small problems, each
-    `jax.jit(jax.vmap(method))` through the one engine (second calls; default tolerances).
-    LoRA and depth 3 use the dense Jacobian solve of `AbstractFlow` (Gauss-Jordan on states of
-    k + 4k + 4r = 130 and k + k^2 + kr = 310 numbers at k = 10, r = 20: O(N^3) per step, which
-    dominates their cost; measured --tiny, d = 40, 4 lanes: FT 0.04 s, LoRA 5.6 s, depth 3
-    51 s), FT and surgical FT their structured solves; hence at most 8 lanes."""
+    """FT, surgical FT, LoRA (rank 4) and depth 3 on the same `compile_batch` small problems,
+    each `jax.jit(jax.vmap(method))` through the one engine (second calls; default tolerances),
+    each with its structured Rosenbrock solve. Measured --tiny (d = 40, 4 lanes, load ~11 on
+    2 cores): run 0.10, 0.16, 0.15, 0.11 s; with the dense Jacobian solve LoRA and depth 3
+    had taken 5.6 s and 51 s (N = 130 and 310 state numbers, O(N^3) per step)."""
     from linfeat import methods as M
 
-    b = min(cfg.compile_batch, 8)
+    b = cfg.compile_batch
     probs, v0s, _ = small_workload(cfg, b, seed=11)
     A0 = M.lora_init(jax.random.key(12), 4, cfg.d)
     runs = {

@@ -30,6 +30,7 @@ from ._linalg import row_space_basis
 from ._metrics import Metrics, _norm
 from ._problem import Problem
 from ._reduce import Reduced, _frame_cov
+from ._rodas5p import gauss_jordan_inverse
 
 
 def _rho(data: FlowData, AQ, u):
@@ -66,7 +67,7 @@ class LoRAData(NamedTuple):
 
 
 class LoRA(AbstractFlow):
-    r"""LoRA on $(v, U, C = A_\ell Q)$: $B Q = A_0 + UC$ (dense Jacobian solve)."""
+    r"""LoRA on $(v, U, C = A_\ell Q)$: $B Q = A_0 + UC$."""
 
     train_head: bool = eqx.field(static=True, default=True)
 
@@ -78,10 +79,58 @@ class LoRA(AbstractFlow):
         dv = -2.0 * (AQ @ rho) if self.train_head else jnp.zeros_like(v)
         return dv, -2.0 * jnp.outer(v, Crho), -2.0 * jnp.outer(U.T @ v, rho)
 
+    def factor(self, y, args: LoRAData, alpha):
+        r"""$(I - \alpha J)^{-1}$ through one $(k + r_\ell)$-square solve (docs/theory.md, 10.2).
+
+        With $\beta = 2\alpha$, $w = U^Tv$, $q = C\rho$, $x + \beta L(x) = b$ is closed by
+        the auxiliaries $\delta w = x_U^Tv + U^Tx_v$, $\delta q = x_C\rho + C\delta\rho$ and
+        $\delta\rho = \mathrm{diag}(s^2)\delta z$: $\delta\rho$ and $\delta q$ are affine in
+        $(x_v, \delta w)$, which solve a $(k + r_\ell)$ system; then
+        $x_U = b_U - \beta(x_vq^T + v\delta q^T)$ and
+        $x_C = b_C - \beta(\delta w\rho^T + w\delta\rho^T)$. A step so large that the
+        system is singular gives NaN, and the controller rejects it.
+        """
+        v, U, C = y
+        data, A0 = args.flow, args.A0
+        k, rl = U.shape
+        beta, tau = 2.0 * alpha, 1.0 if self.train_head else 0.0
+        Ae = A0 + U @ C
+        rho = _rho(data, Ae, v)
+        w, q = U.T @ v, C @ rho
+        m = data.sigma2 / (1.0 + beta * jnp.sum(w**2) * data.sigma2)
+        Ct = C.T - beta * jnp.outer(rho, w)  # (r, rl)
+        Rv, Rw = m[:, None] * A0.T, m[:, None] * Ct  # d rho = rho0 + Rv x_v + Rw d w
+        Qv, Qw = Ct.T @ Rv, Ct.T @ Rw - beta * jnp.sum(rho**2) * jnp.eye(rl, dtype=v.dtype)
+        E = beta * jnp.outer(U @ w, rho) - Ae  # (k, r)
+        Ut = U.T - beta * jnp.outer(q, v)
+        vv, bt = jnp.sum(v**2), beta * tau
+        gamma = 1.0 - beta * bt * jnp.sum(q**2)
+        K = jnp.block([
+            [gamma * jnp.eye(k, dtype=v.dtype) - beta * bt * jnp.outer(v, q @ Qv) - bt * E @ Rv,
+             -beta * bt * jnp.outer(v, q @ Qw) - beta * bt * jnp.sum(rho**2) * U - bt * E @ Rw],
+            [beta * vv * Qv - Ut, jnp.eye(rl, dtype=v.dtype) + beta * vv * Qw],
+        ])  # fmt: skip
+        Kinv = gauss_jordan_inverse(K)
+
+        def solve(b):
+            bv, bU, bC = b
+            rho0 = m * (bC.T @ w)
+            q0 = bC @ rho + Ct.T @ rho0
+            top = bv - bt * (bU @ q + U @ (bC @ rho)) + beta * bt * v * (q @ q0) + bt * E @ rho0
+            sol = Kinv @ jnp.concatenate([top, bU.T @ v - beta * vv * q0])
+            xv, dw = sol[:k], sol[k:]
+            drho = rho0 + Rv @ xv + Rw @ dw
+            dq = q0 + Qv @ xv + Qw @ dw
+            xU = bU - beta * (jnp.outer(xv, q) + jnp.outer(v, dq))
+            xC = bC - beta * (jnp.outer(dw, rho) + jnp.outer(w, drho))
+            return xv, xU, xC
+
+        return solve
+
 
 class Depth3(AbstractFlow):
     r"""Depth 3 on $(v, C, A = BQ)$: $\dot v = -2CA\rho$, $\dot C = -2v(A\rho)^T$,
-    $\dot A = -2C^Tv\rho^T$ (dense Jacobian solve)."""
+    $\dot A = -2C^Tv\rho^T$."""
 
     def field(self, y, args: FlowData):
         v, C, A = y
@@ -89,6 +138,49 @@ class Depth3(AbstractFlow):
         rho = _rho(args, A, u)
         Arho = A @ rho
         return -2.0 * (C @ Arho), -2.0 * jnp.outer(v, Arho), -2.0 * jnp.outer(u, rho)
+
+    def factor(self, y, args: FlowData, alpha):
+        r"""$(I - \alpha J)^{-1}$ through one k x k solve (docs/theory.md, section 10.3).
+
+        With $\beta = 2\alpha$, $u = C^Tv$, $p = A\rho$, $x + \beta L(x) = b$ is closed by
+        $\delta u = x_C^Tv + C^Tx_v$: $\delta\rho = m \circ (b_A^Tu + \tilde A^T\delta u)$
+        ($\tilde A = A - \beta u\rho^T$, $m = s^2/(1 + \beta|u|^2s^2)$),
+        $\delta p = x_A\rho + A\delta\rho$ and $x_v$ are affine in $\delta u$, which solves a
+        k x k system; then $x_C = b_C - \beta(x_vp^T + v\delta p^T)$,
+        $x_A = b_A - \beta(\delta u\rho^T + u\delta\rho^T)$. A step so large that the system
+        is singular gives NaN, and the controller rejects it.
+        """
+        v, C, A = y
+        k = v.shape[0]
+        eye = jnp.eye(k, dtype=v.dtype)
+        beta = 2.0 * alpha
+        u = C.T @ v
+        rho = _rho(args, A, u)
+        p = A @ rho
+        m = args.sigma2 / (1.0 + beta * jnp.sum(u**2) * args.sigma2)
+        At = A - beta * jnp.outer(u, rho)
+        P = (At * m) @ At.T - beta * jnp.sum(rho**2) * eye  # d p = p0 + P d u
+        gamma = 1.0 - beta**2 * jnp.sum(p**2)
+        N = beta**2 * jnp.outer(v, p) - beta * C  # gamma x_v = c0 + N d p
+        X1 = N @ P / gamma  # x_v = x0 + X1 d u
+        Ct = C.T - beta * jnp.outer(p, v)
+        vv = jnp.sum(v**2)
+        Kinv = gauss_jordan_inverse(eye - Ct @ X1 + beta * vv * P)
+
+        def solve(b):
+            bv, bC, bA = b
+            qA = bA.T @ u
+            p0 = bA @ rho + At @ (m * qA)
+            x0 = (bv - beta * (bC @ p) + N @ p0) / gamma
+            du = Kinv @ (bC.T @ v + Ct @ x0 - beta * vv * p0)
+            drho = m * (qA + At.T @ du)
+            dp = p0 + P @ du
+            xv = x0 + X1 @ du
+            xC = bC - beta * (jnp.outer(xv, p) + jnp.outer(v, dp))
+            xA = bA - beta * (jnp.outer(du, rho) + jnp.outer(u, drho))
+            return xv, xC, xA
+
+        return solve
 
 
 def field_norm(flow: AbstractFlow, y, args) -> Float[Array, ""]:

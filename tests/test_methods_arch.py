@@ -187,6 +187,7 @@ def test_lora_rows_in_S_keep_features_frozen_off_S(prob):
     assert np.max(np.abs((B - prob["B0"]) @ prob["perp"])) <= FROZEN
 
 
+@pytest.mark.slow  # a variant (train_head=False): one more compile of the LoRA flow
 def test_lora_frozen_head(prob):
     A0 = np.asarray(M.lora_init(jax.random.key(7), RL, D))
     tr = M.lora_fine_tune(prob["p"], prob["v0"], A0=A0, train_head=False, ts=TS, **TIGHT)
@@ -231,6 +232,43 @@ def test_depth3_matches_full_space_and_conserves_balancedness(prob):
     c_perp = np.linalg.svd(perp @ B0.T, compute_uv=False)[-1]
     assert np.all(moved >= c_perp * np.linalg.norm(C - C0, axis=(1, 2)) * (1 - 1e-9))
     assert moved[-1] > 1e-2
+
+
+# ------------------------------------------------------------------------------- solver
+
+
+def test_structured_solves_equal_dense_jacobian_solves():
+    """LoRA's and depth 3's closed-form (I - alpha J)^{-1} (docs/theory.md, section 10) equal
+    the dense solve with the jax.jacfwd Jacobian, on random states (rounding level)."""
+    from linfeat._arch_flows import Depth3, LoRA, LoRAData
+    from linfeat._flows import FlowData
+    from linfeat._rodas5p import dense_factor
+
+    rng = np.random.default_rng(0)
+    k, r, rl = 3, 5, 2
+
+    def draw(*shapes):
+        return tuple(jnp.asarray(rng.normal(size=s)) for s in shapes)
+
+    @jax.jit
+    def gap(y_deep, y_lora, b_deep, b_lora, data, A0, alpha):
+        out = []
+        for flow, y, b, args in (
+            (Depth3(), y_deep, b_deep, data),
+            (LoRA(), y_lora, b_lora, LoRAData(data, A0)),
+            (LoRA(train_head=False), y_lora, b_lora, LoRAData(data, A0)),
+        ):
+            fast = flow.factor(y, args, alpha)(b)
+            dense = dense_factor(flow.field, y, args, alpha)(b)
+            out.append(jnp.max(jnp.stack([jnp.max(jnp.abs(a - c)) for a, c in zip(fast, dense)])))
+        return jnp.stack(out)  # fmt: skip
+
+    for alpha in (0.01, 0.1, 0.3):
+        deep, lora = draw(k, (k, k), (k, r)), draw(k, (k, rl), (rl, r))
+        data = FlowData(jnp.asarray(rng.uniform(0.5, 2.0, r)), jnp.asarray(rng.normal(size=r)))
+        gaps = gap(deep, lora, draw(k, (k, k), (k, r)), draw(k, (k, rl), (rl, r)), data,
+                   draw((k, r))[0], alpha)  # fmt: skip
+        assert np.all(np.asarray(gaps) <= 1e-12), (alpha, gaps)
 
 
 # ------------------------------------------------------------------------------- inputs
