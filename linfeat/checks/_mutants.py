@@ -32,12 +32,13 @@ from .._io import atomic_write_text
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = "figures/checks/mutants.json"  # generated, committed next to the check figures
-# Every mutant edits the FT engine, its reduction, metrics or the bounds, which T1-T3 and R1-R13
-# test; the sections of the other methods run their own instances and flows, and a mutant that
-# fails these ids fails the whole `linfeat check --quick` too (the sections are independent),
-# so each run checks just these ids.
-CHECK_IDS = ("T1", "T2", "T3") + tuple(f"R{i}" for i in range(1, 14))
-DEFAULT_CHECK_ARGS = ("--quick", "--only", ",".join(CHECK_IDS))
+# A mutant of the FT engine, its reduction, metrics or bounds is tested by T1, T2 and R1-R13; a
+# mutant of a zoo method also by its section (`Mutant.checks`). The other sections run their
+# own instances and flows, and a mutant that fails these ids fails the whole
+# `linfeat check --quick` too (the sections are independent), so each run checks just these
+# ids (`--only`); the unmodified copy runs the union.
+CHECK_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+DEFAULT_CHECK_ARGS = ("--quick",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Mutant:
     new: str
     bug: str  # the mistake, in words
     more: tuple[tuple[str, str], ...] = ()
+    # ids besides `CHECK_IDS` whose sections run the mutated code (a method of the zoo)
+    checks: tuple[str, ...] = ()
 
 
 MUTANTS = (
@@ -131,6 +134,7 @@ MUTANTS = (
         "        return dv, -2.0 * jnp.outer(v, Crho), -2.0 * jnp.outer(U.T @ v, rho)\n",
         "        return dv, -2.0 * jnp.outer(v, Crho), -2.0 * jnp.outer(U @ v, rho)\n",
         "LoRA's gradient of A with U instead of U^T (runs when rank = k, as in check M6)",
+        checks=("M6",),
     ),
 )
 
@@ -220,6 +224,15 @@ def _run_copy(
     )
 
 
+def _only(mutants, check_args) -> list[str]:
+    """`--only` for `mutants`: `CHECK_IDS` and the sections their edits run (`Mutant.checks`),
+    unless `check_args` chooses the ids itself."""
+    if "--only" in check_args:
+        return []
+    extra = [c for m in mutants for c in m.checks if c not in CHECK_IDS]
+    return ["--only", ",".join(CHECK_IDS + tuple(dict.fromkeys(extra)))]
+
+
 def run_mutants(
     mutants=MUTANTS,
     check_args=DEFAULT_CHECK_ARGS,
@@ -234,12 +247,12 @@ def run_mutants(
         for m in mutants:  # every edit must apply before hours of runs start
             apply(m, shutil.copytree(snapshot, Path(work) / "probe", dirs_exist_ok=True))
             shutil.rmtree(Path(work) / "probe")
-        clean = _run_copy(None, check_args, timeout, snapshot, cache)
+        clean = _run_copy(None, check_args + _only(mutants, check_args), timeout, snapshot, cache)
         if progress:
             print(f"clean copy: {clean['outcome']} ({clean['seconds']:.0f} s)", file=sys.stderr)
         rows = []
         for i, m in enumerate(mutants):
-            res = _run_copy(m, check_args, timeout, snapshot, cache)
+            res = _run_copy(m, check_args + _only([m], check_args), timeout, snapshot, cache)
             rows.append(dict(name=m.name, path=m.path, bug=m.bug, **res))
             if progress:
                 print(
@@ -250,7 +263,7 @@ def run_mutants(
         digest = source_hash(snapshot)
     caught = sum(r["outcome"] == "caught" for r in rows)
     return dict(
-        command="linfeat check " + " ".join(check_args),
+        command="linfeat check " + " ".join(check_args + _only(mutants, check_args)),
         source_hash=digest,
         clean=clean,
         mutants=rows,
