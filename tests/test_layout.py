@@ -114,9 +114,13 @@ def test_public_api_is_small_and_every_name_is_documented():
     # Submodules appear as attributes once imported (`linfeat.checks` by the CLI and tests).
     attributes = {n for n in dir(lf) if not n.startswith("_")}
     assert set(lf.__all__) == {n for n in attributes if not inspect.ismodule(getattr(lf, n))} | {
-        "theory"
+        "theory",
+        "methods",
     }
-    for name in lf.__all__ + [f"theory.{n}" for n in lf.theory.__all__]:
+    names = [f"theory.{n}" for n in lf.theory.__all__] + [
+        f"methods.{n}" for n in lf.methods.__all__
+    ]
+    for name in lf.__all__ + names:
         obj = lf
         for part in name.split("."):
             obj = getattr(obj, part)
