@@ -127,7 +127,8 @@ def _tune(i, P, H, Xo, ood0, steps, points):
     at = lambda g: jnp.zeros(len(KNOBS)).at[i].set(g)  # noqa: E731
     grid_vals = [tuple(map(float, _loss_fwd(at(g), onehot, P, H, Xo, ood0))) for g in grid]
     u = at(grid[len(grid) // 2])  # start mid-grid, independent of the grid search's answer
-    opt = optax.adam(0.3)
+    # Adam moves about `lr` per step early on: 0.2 for alpha, 1 (a factor e) for log-knobs
+    opt = optax.adam(0.2 if name == "alpha" else 1.0)
     state = opt.init(u)
     best = (np.inf, np.nan, u)
     for _ in range(steps):

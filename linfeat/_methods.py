@@ -157,8 +157,9 @@ def combined_ft(problem: Problem, v0, *, lam=0.0, lam_v=0.0, eta_v=1.0, eta_B=1.
     LP for time $\tau$ (`partial_lp_ft`), then $\dot v = -\eta_v\nabla_vF$,
     $\dot B = -\eta_B\nabla_BF$ with
     $F = \hat L + \lambda\|B - B_0\|_F^2 + \lambda_v\|v - v_0\|^2 + \mu(\|v\|^2 + \|B\|_F^2)$,
-    and the states mixed with the start as $(1 - \alpha)\theta_0 + \alpha\theta(t)$ (`wise_ft`).
-    The defaults are plain FT. One call sets any combination of knobs (and one
+    and the states mixed with the start as $(1 - \alpha)\theta_0 + \alpha\theta(t)$ (`wise_ft`);
+    $v_0$ in F and in the mixing is the head FT starts from, $v(\tau)$. The defaults are
+    plain FT. One call sets any combination of knobs (and one
     `jax.grad` differentiates with respect to all of them); $B(t)\Pi_\perp = c(t)B_0\Pi_\perp$
     with $\dot c = -2\eta_B(\lambda(c - 1) + \mu c)$ (docs/theory.md, section 9).
 

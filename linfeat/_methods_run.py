@@ -35,10 +35,11 @@ from ._trajectory import Trajectory
 
 
 class WeightDecayTrajectory(NamedTuple):
-    r"""A `Trajectory` (same fields) plus the factor $c(t) = e^{-2\mu t}$ of $B\Pi_\perp$.
+    r"""A `Trajectory` (same fields) plus the factor c(t) of $B(t)\Pi_\perp = c(t)B_0\Pi_\perp$.
 
-    Weight decay shrinks the pretrained features off S: $B(t) = (A(t) - cA_0)Q^T + cB_0$
-    with $A = BQ$; `B` and `B_final` include it. `perp_scale` is c at the save times (from
+    Weight decay shrinks the pretrained features off S ($c = e^{-2\mu t}$; with L2-SP too,
+    $\dot c = -2\eta_B(\lambda(c - 1) + \mu c)$): $B(t) = (A(t) - cA_0)Q^T + cB_0$ with
+    $A = BQ$; `B` and `B_final` include it. `perp_scale` is c at the save times (from
     the solver's state, as every other field), `perp_scale_final` at the stop.
     """
 

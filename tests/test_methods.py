@@ -22,6 +22,8 @@ KNOBS = {
     "layerwise_ft": dict(eta_v=2.0, eta_B=0.5),
     "weight_decay_ft": dict(mu=0.2),
     "partial_lp_ft": dict(tau=0.15),
+    # every knob at once except alpha: L2-SP and decay together make c(t) a mix (theory 9)
+    "combined_ft": dict(lam=0.5, lam_v=0.2, mu=0.1, eta_v=1.3, eta_B=0.7, tau=0.1),
 }
 
 
@@ -54,10 +56,11 @@ def _reference(p, v0, name, knobs, ts):
     k, d = B0.shape
     y0 = np.concatenate([v0, B0.ravel()])
     kw = dict(method="Radau", rtol=1e-12, atol=1e-14)
-    if name == "partial_lp_ft":
+    if "tau" in knobs:
         lp = _full_field(p, v0, B0, train_B=False)
         y0 = solve_ivp(lp, (0.0, knobs["tau"]), y0, **kw).y[:, -1]
-        knobs = {}
+        v0 = y0[:k]  # lam_v pulls towards the head FT starts from
+        knobs = {n: x for n, x in knobs.items() if n != "tau"}
     sol = solve_ivp(_full_field(p, v0, B0, **knobs), (0.0, ts[-1]), y0, t_eval=ts, **kw)
     return sol.y[:k].T, sol.y[k:].T.reshape(len(ts), k, d)
 
@@ -79,7 +82,14 @@ def test_against_full_space_scipy(problem, name):
     perp = (B - B0) - (B - B0) @ Q @ Q.T  # (B(t) - B0) Pi_perp
     V = np.asarray(tr.v)
     vv, BB = np.einsum("ti,tj->tij", V, V), B @ np.swapaxes(B, 1, 2)
-    if name == "weight_decay_ft":
+    if name == "combined_ft":
+        lam, mu, eta_B = knobs["lam"], knobs["mu"], knobs["eta_B"]
+        c_inf = lam / (lam + mu)  # c' = -2 eta_B (lam (c - 1) + mu c), c(0) = 1
+        c = c_inf + (1 - c_inf) * np.exp(-2 * eta_B * (lam + mu) * TS)
+        expect = (c[:, None, None] - 1) * (B0 - B0 @ Q @ Q.T)
+        assert np.max(np.abs(perp - expect)) < INVARIANT
+        np.testing.assert_allclose(tr.perp_scale, c, rtol=FLOW_AGREEMENT)
+    elif name == "weight_decay_ft":
         decay = np.exp(-2 * knobs["mu"] * TS)  # B(t) Pi_perp = e^{-2 mu t} B0 Pi_perp
         expect = (decay[:, None, None] - 1) * (B0 - B0 @ Q @ Q.T)
         assert np.max(np.abs(perp - expect)) < INVARIANT
