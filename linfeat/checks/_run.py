@@ -88,7 +88,7 @@ def run_checks(
         "search_rigorous": lambda: worst_case_search(cfg, seed, "rigorous"),
         "printed_family": lambda: _extra_printed_family(cfg),
         "toy": lambda: _extra_toy(cfg),
-        "cls": lambda: collect_cls(CLS_QUICK if cfg.name == "quick" else CLS_FULL, seed),
+        "cls": lambda: collect_cls(CLS_FULL if cfg.name == "full" else CLS_QUICK, seed),
     }
     for name in stages[1:]:
         if name in extra_fns:
