@@ -15,11 +15,11 @@ flow in $R^d$ (`mode="full"`, the reference of the checks). Every solve is
 
 Stopping: on separable data the minimiser is at infinity (the norm grows like $\log t$ while
 the direction converges), so the flows stop when the training loss falls to `loss_tol`
-(default $10^{-2}\,n\log 2$, a hundredth of the zero predictor's loss: every margin
-$y_iz_i \gtrsim 4.6$) or the gradient norm
-below `grad_tol` (the non-separable case, a finite minimiser), or at `t_max`. The metrics
-report the direction (accuracies, which are scale-free) and the norm (`head_norm`,
-`predictor_norm`) separately.
+(default $10^{-2}\,n\log 2$, a hundredth of the zero predictor's loss; each sample's loss
+is then below it, so every margin is at least $-\log(e^{\text{loss\_tol}} - 1)$), or the
+gradient norm below `grad_tol` (the non-separable case, a finite minimiser), or at `t_max`.
+The metrics report the direction (accuracies, which are scale-free) and the norm
+(`head_norm`, `predictor_norm`) separately.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ def test_bad_inputs_raise():
 
 
 @pytest.mark.slow
-def test_linfeat_check_classification_sections():
+def test_linfeat_check_classification_sections(tmp_path):
     """`linfeat check --quick --only C1,...,C6`: the rigorous rows pass, no sampled groups run."""
     from linfeat.checks import QUICK, run_checks
     from linfeat.checks._classify import CLS_IDS
@@ -294,6 +294,14 @@ def test_linfeat_check_classification_sections():
     assert [r.id for r in results] == list(CLS_IDS)
     assert "sample and solve (all groups)" not in timings
     verdicts = {r.id: r.verdict for r in results}
+    # the report writer takes the sections like any other
+    from linfeat.checks import write_markdown
+
+    out = tmp_path / "paper_checks.md"
+    write_markdown(results, str(out), timings=timings, cfg=QUICK, seed=0, command="linfeat check",
+                   env={"versions": {}, "backend": "cpu", "devices": [], "x64": True,
+                        "platform": "p"}, seconds=1.0, fig_rel=None)  # fmt: skip
+    assert all(f"## {cid}:" in out.read_text() for cid in CLS_IDS)
     assert verdicts == {"C1": "PASS", "C2": "PASS", "C3": "PASS", "C4": "REPORTED",
                         "C5": "REPORTED", "C6": "REPORTED"}  # fmt: skip
 

@@ -100,7 +100,7 @@ def run_checks(
         "m5": lambda: _extra_m5(cfg, seed),
         "m6": lambda: _extra_m6(cfg, seed),
         "m8": lambda: _extra_m8(cfg, seed),
-        "cls": lambda: collect_cls(CLS_QUICK if cfg.name == "quick" else CLS_FULL, seed),
+        "cls": lambda: collect_cls(CLS_FULL if cfg.name == "full" else CLS_QUICK, seed),
     }
     for name in stages[1:]:
         if name in extra_fns:
