@@ -89,6 +89,10 @@ class Config:
     sigma_grid: tuple[float, ...] = (0.1, 1.0, 3.0)
     full_mode: Group = Group(12, 3, 5, reps=1)  # R1, R2 and T2: 36 instances per rep
     k1: Group = Group(12, 1, 4, reps=64)  # T1: `reps` whitened k = 1 instances
+    # T3: `reps` lambda-balanced instances in (d, m), split over the widths (one compiled FT
+    # program per width; the group's k is the largest width)
+    riccati: Group = Group(12, 3, 6, reps=24)
+    riccati_widths: tuple[int, ...] = (3,)
     mc_samples: int = 20_000
     mc_instances: int = 12
     r6_mc: int = 20_000
@@ -118,6 +122,8 @@ FULL = Config(
     ),
     full_mode=Group(12, 3, 5, reps=3),
     k1=Group(24, 1, 8, reps=1024),
+    riccati=Group(16, 5, 8, reps=512),
+    riccati_widths=(1, 2, 3, 5),
     mc_instances=24,
     r6_mc=100_000,
     search_pop=288,

@@ -25,11 +25,12 @@ from ._lower_bound import check_r5, check_r6
 from ._lp import check_r3, check_r4, check_r7, check_r9
 from ._oracles import _extra_k1, _extra_pairs, check_t1, check_t2
 from ._report import _json_default, write_figures, write_markdown
+from ._riccati import _extra_riccati, check_t3
 from ._sampling import _dense_ood, _extra_lp_flow, _extra_toy, collect
 from ._search import _extra_counterexample, _extra_printed_family, worst_case_search
 
-# T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13
-ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+# T1-T3 (the engine against exact trajectories in time) first, then the results R1-R13
+ALL_IDS = ("T1", "T2", "T3") + tuple(f"R{i}" for i in range(1, 14))
 
 
 def run_checks(
@@ -44,6 +45,7 @@ def run_checks(
     only = set(ALL_IDS if not only else only)
     needs_extra = {
         "k1": {"T1"},
+        "riccati": {"T3"},
         "full": {"R1", "R2", "T2"},
         "lp_flow": {"R4"},
         "counterexample": {"R5"},
@@ -52,9 +54,9 @@ def run_checks(
         "printed_family": {"R5"},
         "toy": {"R12"},
     }
-    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1 and T2 alone
+    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1-T3 alone
     # run only their own instances
-    sampled = bool(only - {"T1", "T2"})
+    sampled = bool(only - {"T1", "T2", "T3"})
     stages = (
         ["collect"]
         + [k for k, ids in needs_extra.items() if ids & only]
@@ -75,6 +77,7 @@ def run_checks(
     extra = {"v0_norm2": None}
     extra_fns = {
         "k1": lambda: _extra_k1(cfg, seed),
+        "riccati": lambda: _extra_riccati(cfg, seed),
         "full": lambda: _extra_pairs(cfg, seed),
         "lp_flow": lambda: _extra_lp_flow(cfg, data),
         "counterexample": _extra_counterexample,
@@ -97,6 +100,7 @@ def run_checks(
     fns = {
         "T1": check_t1,
         "T2": check_t2,
+        "T3": check_t3,
         "R1": check_r1,
         "R2": check_r2,
         "R3": lambda d, e: check_r3(d, e, cfg, seed),
