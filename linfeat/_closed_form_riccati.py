@@ -277,6 +277,9 @@ def balanced_trajectory(ts, *, sigma2, beta, A0, v0) -> BalancedTrajectory:
 
     Returns:
         A `BalancedTrajectory`; its `balance_residual` is the per-instance validity flag.
+        Differentiable in forward mode (`jax.jvp`, `jax.jacfwd`; the state is small); the
+        segment loop has a data-dependent trip count, so reverse mode (`jax.grad`) is not
+        supported.
 
     Raises:
         ValueError: for concrete inputs that are non-finite, of the wrong shapes, with
