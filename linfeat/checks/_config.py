@@ -45,7 +45,8 @@ TOL = {
     # error of 1e-12 per step and accumulates ~1e2-1e3 x that over its O(1e2-1e3) steps.
     # T1 (solver vs closed form): measured at most 7.3e-11 (1024 instances); 1e-8 leaves 100x.
     # T3 (solver vs the lambda-balanced Riccati closed form, P = QQ^T and, where determined, the
-    # state): measured at most 1.5e-10 (quick, 24 instances, k = 3); 1e-8 leaves ~70x.
+    # state): measured at most 1.5e-10 (quick, 24 instances, k = 3) and 1.4e-10 (full, 512
+    # instances, k = 1, 2, 3, 5); 1e-8 leaves ~70x.
     "trajectory": 1e-8,
     # T2 (Rodas5P on the reduced state vs Tsit5 in R^d, both adaptive): both errors add, and the
     # explicit solve of a stiff flow accumulates more; measured at most 4.1e-9 (108
