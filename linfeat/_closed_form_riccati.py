@@ -45,8 +45,14 @@ from . import _validate as V
 # e^{-2 * segment} (e^{-200} ~ 1e-87 in float64, whose squares are still normal numbers).
 _SEGMENT = {8: 100.0, 4: 15.0}
 # balance residual ||v0 v0^T - A0 A0^T - lam I||_F / (|v0|^2 + ||A0||_F^2) above which a
-# concrete instance is rejected: a balanced instance built in floating point sits at ~1e-16.
+# concrete instance is rejected: a balanced instance built in floating point sits at a few eps
+# (~1e-16 in float64, ~1e-7 in float32); the rule is max(1e-10, 1e3 eps).
 BALANCE_TOL = 1e-10
+
+
+def balance_tol(dtype) -> float:
+    """The largest accepted balance residual in `dtype`: max(1e-10, 1e3 eps)."""
+    return max(BALANCE_TOL, 1e3 * float(jnp.finfo(dtype).eps))
 
 
 class BalancedTrajectory(NamedTuple):
@@ -284,7 +290,7 @@ def balanced_trajectory(ts, *, sigma2, beta, A0, v0) -> BalancedTrajectory:
     Raises:
         ValueError: for concrete inputs that are non-finite, of the wrong shapes, with
             non-increasing or negative times, `sigma2 <= 0`, or not $\lambda$-balanced
-            (`balance_residual` > 1e-10).
+            (`balance_residual` above max(1e-10, 1e3 eps) of the dtype).
 
     References:
         K. Fukumizu, "Effect of batch learning in multilayer neural networks", ICONIP 1998;
@@ -315,7 +321,7 @@ def balanced_trajectory(ts, *, sigma2, beta, A0, v0) -> BalancedTrajectory:
         V.check_finite(name, x)
     dtype = jnp.result_type(ts, sigma2, beta, A0, v0)
     out = _balanced(*(jnp.asarray(x, dtype) for x in (ts, sigma2, beta, A0, v0)))
-    if V.is_concrete(out.balance_residual) and float(out.balance_residual) > BALANCE_TOL:
+    if V.is_concrete(out.balance_residual) and float(out.balance_residual) > balance_tol(dtype):
         raise ValueError(
             f"the start is not lambda-balanced: ||v0 v0^T - A0 A0^T - lam I||_F / (|v0|^2 + "
             f"||A0||_F^2) = {float(out.balance_residual):.3g} (lam = {float(out.lam):.6g}); "

@@ -259,3 +259,17 @@ def test_forward_mode_derivative_matches_finite_differences():
     fd = (loss(beta + e) - loss(beta - e)) / 2e-6
     assert np.all(np.isfinite(g))
     assert abs(float(g[1]) - float(fd)) < 1e-6 * (1 + abs(float(fd)))
+
+
+def test_float32_stays_float32_and_agrees():
+    """float32 inputs give a float32 result (segments of mu tau <= 15 keep every scale a
+    normal float32) that agrees with float64 to float32 accuracy at all 64 default times."""
+    _, o = _instances(2, (-0.5,), seed=6)
+    s2, beta, A0, v0 = (np.asarray(o[x][0]) for x in ("sigma2", "beta", "A0", "v0"))
+    ts = np.concatenate([[0.0], np.logspace(-2, 6, 63) / s2])
+    r64 = T.balanced_trajectory(ts, sigma2=s2, beta=beta, A0=A0, v0=v0)
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    r32 = T.balanced_trajectory(f32(ts), sigma2=f32(s2), beta=f32(beta), A0=f32(A0), v0=f32(v0))
+    assert r32.P.dtype == np.float32
+    P = np.asarray(r64.P)
+    assert np.max(np.abs(np.asarray(r32.P) - P)) < 1e-4 * (1 + np.max(np.abs(P)))
