@@ -1,8 +1,8 @@
 """The `linfeat` command: version, environment, and the project's jobs.
 
-Subcommands: `info`; `check` (paper_checks.md, docs/theory.md T1, T2, R1-R13); `mutate` (the
-checks' mutation score); `reproduce` (figures); `bench` (benchmarks). Entry points switch on
-float64; the library itself never does.
+Subcommands: `info`; `check` (paper_checks.md, docs/theory.md T1-T3, R1-R13, M1-M8, C1-C6);
+`mutate` (the checks' mutation score); `reproduce` (figures); `bench` (benchmarks). Entry points
+switch on float64; the library itself never does.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _info(args) -> int:
 _JOBS = {
     "check": (
         "linfeat.checks",
-        "run the checks of docs/theory.md T1, T2, R1-R13 and write paper_checks.md",
+        "run the checks of docs/theory.md T1-T3, R1-R13, M1-M8, C1-C6 and write paper_checks.md",
     ),
     "mutate": (
         "linfeat.checks._mutants",

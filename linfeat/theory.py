@@ -4,7 +4,8 @@ Each function is written for one instance, is pure `jax.numpy` and jits/vmaps; d
 state the formula and its label ([paper], [derived], [unsure]). Scalar formulas take plain
 numbers; the problem-level functions (`problem_constants`, `r5_bounds`, `r7_bounds`,
 `r8_threshold`) take a `linfeat.Problem`. The oracles (`k1_trajectory`, `toy2d_trajectory`,
-`toy2d_limit`, `r12_toy`) are exact trajectories and limits used to test the solver.
+`toy2d_limit`, `r12_toy`, `balanced_trajectory`) are exact trajectories and limits used to
+test the solver.
 `linfeat check` (paper_checks.md) tests them all.
 """
 
@@ -30,6 +31,8 @@ from ._closed_form_oracles import k1_trajectory_problem_time as k1_trajectory_pr
 from ._closed_form_oracles import r12_toy as r12_toy
 from ._closed_form_oracles import toy2d_limit as toy2d_limit
 from ._closed_form_oracles import toy2d_trajectory as toy2d_trajectory
+from ._closed_form_riccati import BalancedTrajectory as BalancedTrajectory
+from ._closed_form_riccati import balanced_trajectory as balanced_trajectory
 from ._constants import ProblemConstants as ProblemConstants
 from ._constants import R5Bounds as R5Bounds
 from ._constants import problem_constants as problem_constants

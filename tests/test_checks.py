@@ -26,13 +26,14 @@ TINY = C.Config(
     # k long, are kept per group; a k-vector among the concatenated fields broke --quick)
     groups=(C.Group(10, 1, 4, reps=1), C.Group(10, 2, 4, reps=1)),
     full_mode=C.Group(10, 1, 4, reps=1),
+    riccati=C.Group(8, 2, 4, reps=3), riccati_widths=(2,),
     mc_samples=4000, mc_instances=8, r6_mc=4000, search_pop=36, search_rounds=2, toy_grid=6,
 )  # fmt: skip
 
 
 # M5, M6, M8 and the classification sections C1-C6 run their own instances and compile their
 # own flows (about a minute each group): tests/test_methods_arch.py and tests/test_classify.py
-# run them (slow); the session here covers T1, T2, R1-R13 and M1-M4, M7 (two instances each).
+# run them (slow); the session here covers T1-T3, R1-R13 and M1-M4, M7 (two instances each).
 PAPER_IDS = [rid for rid in C.ALL_IDS if rid not in ("M5", "M6", "M8") and rid[0] != "C"]
 
 
@@ -42,7 +43,7 @@ def results():
 
 
 @pytest.mark.parametrize(
-    "rid", ["T1", "T2"] + [f"R{i}" for i in range(1, 13)] + ["M1", "M2", "M3", "M4", "M7"]
+    "rid", ["T1", "T2", "T3"] + [f"R{i}" for i in range(1, 13)] + ["M1", "M2", "M3", "M4", "M7"]
 )
 def test_rigorous_checks_pass(results, rid):
     r = results[rid]
@@ -52,11 +53,12 @@ def test_rigorous_checks_pass(results, rid):
 
 
 def test_trajectory_checks_compare_moving_flows(results):
-    """T1 and T2 compare whole trajectories that move by O(1), far above their tolerance,
+    """T1-T3 compare whole trajectories that move by O(1), far above their tolerance,
     so a time-scale or sign bug (an O(1) gap) cannot pass them."""
-    t1, t2 = results["T1"], results["T2"]
+    t1, t2, t3 = results["T1"], results["T2"], results["T3"]
     assert t1.subs[0].n == TINY.k1.reps and t2.subs[0].n == 36 * TINY.full_mode.reps
-    for r, tol in ((t1, C.TOL["trajectory"]), (t2, C.TOL["engines"])):
+    assert t3.subs[0].n == TINY.riccati.reps and t3.subs[1].n >= 1  # lambda = 0: the state
+    for r, tol in ((t1, C.TOL["trajectory"]), (t2, C.TOL["engines"]), (t3, C.TOL["trajectory"])):
         assert r.subs[0].worst <= tol
         travel = next(v for k, v in r.numbers.items() if k.startswith("median travel"))
         assert travel > 1e3 * tol

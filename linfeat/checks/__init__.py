@@ -1,4 +1,4 @@
-r"""`linfeat check`: every result R1-R13 of docs/theory.md as an executable check, and T1, T2,
+r"""`linfeat check`: every result R1-R13 of docs/theory.md as an executable check, and T1-T3,
 the engine against exact trajectories in time (docs/theory.md, section 7).
 
 Each check samples many random instances (vmap over keys and knobs), runs the flows and
@@ -15,7 +15,8 @@ a rigorous check fails. The sampling, flows and checks are pure functions of `Co
 seed, so every number in the report is reproducible with the command printed next to it.
 
 Layout: `_config` (rules, configurations, records), `_sampling` (sampling and batched flows),
-`_oracles` (T1, T2), `_invariants` (R1, R2), `_lp` (R3, R4, R7, R9), `_lower_bound` (R5, R6),
+`_oracles` (T1, T2), `_riccati` (T3), `_invariants` (R1, R2), `_lp` (R3, R4, R7, R9),
+`_lower_bound` (R5, R6),
 `_search` (R5's counterexample, worst-case search and the printed constant's family),
 `_comparisons` (R8, R10-R13), `_report` (Markdown, figures), `_run` (`run_checks` and the
 command line) and `_mutants` (`linfeat mutate`: the mutation harness); `_classify` and

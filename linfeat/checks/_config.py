@@ -44,6 +44,9 @@ TOL = {
     # times, relative to the trajectory's size. An adaptive solve at rtol = 1e-12 keeps a local
     # error of 1e-12 per step and accumulates ~1e2-1e3 x that over its O(1e2-1e3) steps.
     # T1 (solver vs closed form): measured at most 7.3e-11 (1024 instances); 1e-8 leaves 100x.
+    # T3 (solver vs the lambda-balanced Riccati closed form, P = QQ^T and, where determined, the
+    # state): measured at most 1.5e-10 (quick, 24 instances, k = 3) and 1.4e-10 (full, 512
+    # instances, k = 1, 2, 3, 5); 1e-8 leaves ~70x.
     "trajectory": 1e-8,
     # T2 (Rodas5P on the reduced state vs Tsit5 in R^d, both adaptive): both errors add, and the
     # explicit solve of a stiff flow accumulates more; measured at most 4.1e-9 (108
@@ -92,6 +95,10 @@ class Config:
     sigma_grid: tuple[float, ...] = (0.1, 1.0, 3.0)
     full_mode: Group = Group(12, 3, 5, reps=1)  # R1, R2 and T2: 36 instances per rep
     k1: Group = Group(12, 1, 4, reps=64)  # T1: `reps` whitened k = 1 instances
+    # T3: `reps` lambda-balanced instances in (d, m), split over the widths (one compiled FT
+    # program per width; the group's k is the largest width)
+    riccati: Group = Group(12, 3, 6, reps=24)
+    riccati_widths: tuple[int, ...] = (3,)
     mc_samples: int = 20_000
     mc_instances: int = 12
     r6_mc: int = 20_000
@@ -125,6 +132,8 @@ FULL = Config(
     eps_zero_weight=3,
     full_mode=Group(12, 3, 5, reps=28),
     k1=Group(24, 1, 8, reps=10_000),
+    riccati=Group(16, 5, 8, reps=512),
+    riccati_widths=(1, 2, 3, 5),
     mc_instances=24,
     r6_mc=100_000,
     search_pop=288,

@@ -32,12 +32,12 @@ from .._io import atomic_write_text
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = "figures/checks/mutants.json"  # generated, committed next to the check figures
-# A mutant of the FT engine, its reduction, metrics or bounds is tested by T1, T2 and R1-R13; a
+# A mutant of the FT engine, its reduction, metrics or bounds is tested by T1-T3 and R1-R13; a
 # mutant of a zoo method also by its section (`Mutant.checks`). The other sections run their
 # own instances and flows, and a mutant that fails these ids fails the whole
 # `linfeat check --quick` too (the sections are independent), so each run checks just these
 # ids (`--only`); the unmodified copy runs the union.
-CHECK_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+CHECK_IDS = ("T1", "T2", "T3") + tuple(f"R{i}" for i in range(1, 14))
 DEFAULT_CHECK_ARGS = ("--quick",)
 
 

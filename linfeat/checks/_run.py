@@ -1,4 +1,4 @@
-r"""Orchestration and command line of `linfeat check` (docs/theory.md T1, T2, R1-R13).
+r"""Orchestration and command line of `linfeat check` (docs/theory.md T1-T3, R1-R13, M1-M8, C1-C6).
 
 `run_checks` runs the sampling, the extra runs that the requested checks need and the checks
 themselves, in the fixed order of `ALL_IDS`; `add_arguments` and `run` are the `linfeat check`
@@ -30,12 +30,13 @@ from ._methods import check_m1, check_m2, check_m3, check_m4, check_m7
 from ._methods_arch import _extra_m5, _extra_m6, _extra_m8, check_m5, check_m6, check_m8
 from ._oracles import _extra_k1, _extra_pairs, check_t1, check_t2
 from ._report import _json_default, write_figures, write_markdown
+from ._riccati import _extra_riccati, check_t3
 from ._sampling import _dense_ood, _extra_lp_flow, _extra_toy, collect
 from ._search import _extra_counterexample, _extra_printed_family, worst_case_search
 
-# T1, T2 (the engine against exact trajectories in time) first, then the results R1-R13,
+# T1-T3 (the engine against exact trajectories in time) first, then the results R1-R13,
 # then the method zoo (docs/theory.md, section 9)
-ALL_IDS = ("T1", "T2") + tuple(f"R{i}" for i in range(1, 14))
+ALL_IDS = ("T1", "T2", "T3") + tuple(f"R{i}" for i in range(1, 14))
 ALL_IDS += tuple(f"M{i}" for i in range(1, 9))
 # then C1-C6: classification (docs/theory.md section 11; own instances, `_classify`)
 ALL_IDS += CLS_IDS
@@ -55,6 +56,7 @@ def run_checks(
     only = set(ALL_IDS if not only else only)
     needs_extra = {
         "k1": {"T1"},
+        "riccati": {"T3"},
         "full": {"R1", "R2", "T2"},
         "lp_flow": {"R4"},
         "counterexample": {"R5"},
@@ -67,7 +69,7 @@ def run_checks(
         "m8": {"M8"},
         "cls": set(CLS_IDS),
     }
-    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1, T2 and the
+    # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1-T3 and the
     # method checks alone run only their own instances
     sampled = bool(only & NEEDS_COLLECT)
     stages = (
@@ -90,6 +92,7 @@ def run_checks(
     extra = {"v0_norm2": None, "cfg": cfg, "seed": seed, "m_cfg": cfg}
     extra_fns = {
         "k1": lambda: _extra_k1(cfg, seed),
+        "riccati": lambda: _extra_riccati(cfg, seed),
         "full": lambda: _extra_pairs(cfg, seed),
         "lp_flow": lambda: _extra_lp_flow(cfg, data),
         "counterexample": _extra_counterexample,
@@ -116,6 +119,7 @@ def run_checks(
     fns = {
         "T1": check_t1,
         "T2": check_t2,
+        "T3": check_t3,
         "R1": check_r1,
         "R2": check_r2,
         "R3": lambda d, e: check_r3(d, e, cfg, seed),
