@@ -205,12 +205,23 @@ def _l2sp_fate(p, v0, lam):
     dd = dist(tr)
     if dd[-1] < 1e-8:
         h = _hessian_min(p, lam)
-        t_a = ts[np.argmax(dd < 1e-3)]  # the linear regime: dist decays as e^{-h t} from here
-        ts = np.r_[0.0, np.linspace(t_a, t_a + 20.0 / h, NS - 1)]
-        dd = dist(run(ts))
-        win = (dd > 1e-11) & (dd < 1e-4) & (ts > 0)
-        rate = -np.polyfit(ts[win], np.log(dd[win]), 1)[0]
-        return "converged", rate / h, drift
+        # The linear regime, where dist decays as e^{-h t}, begins near the last logarithmic
+        # save with dist >= 1e-3; start there (the first save below 1e-3 may already lie far
+        # below 1e-4, leaving no point in the fitting window).
+        t_a = ts[max(int(np.argmax(dd < 1e-3)) - 1, 1)]
+        span = 20.0 / h
+        for _ in range(3):  # the fitting window needs >= 3 saves; narrow the grid until it has
+            lin = np.r_[0.0, np.linspace(t_a, t_a + span, NS - 1)]
+            dd = dist(run(lin))
+            win = (dd > 1e-11) & (dd < 1e-4) & (lin > 0)
+            if win.sum() >= 3:
+                rate = -np.polyfit(lin[win], np.log(dd[win]), 1)[0]
+                return "converged", rate / h, drift
+            above = np.flatnonzero((dd >= 1e-4) & (lin > 0))
+            t_a = lin[above[-1]] if len(above) else t_a
+            below = np.flatnonzero(dd <= 1e-11)
+            span = lin[below[0]] - t_a if len(below) and lin[below[0]] > t_a else span
+        return "unresolved", np.nan, drift
     late = ts >= 1e6
     nv = np.linalg.norm(np.asarray(tr.v), axis=1)
     return "escaped", np.polyfit(np.log(ts[late]), np.log(nv[late]), 1)[0], drift
@@ -225,7 +236,7 @@ def check_m2(data, extra) -> CheckResult:
         V, Bs = _full(p, v0, TS, lam=lam, lam_v=lam_v)
         gaps.append(max(_rel(tr.v, V), _rel(tr.B, Bs)))
         frozen.append(np.max(np.linalg.norm(_perp(p, Bs - np.asarray(p.B0)), axis=(1, 2))))
-    fates = {"converged": [], "escaped": []}
+    fates = {"converged": [], "escaped": [], "unresolved": []}
     zero = _instances(cfg, seed, 22, eps=(0.0,))[: None if cfg.name == "full" else 1]
     for i, (p, v0) in enumerate(zero):
         v_lp = linear_probe(p)
@@ -253,8 +264,9 @@ def check_m2(data, extra) -> CheckResult:
             "report median exponent", len(esc), None, 0, "median",
             float(np.median(esc[:, 0])) if len(esc) else None),
     ]  # fmt: skip
+    runs = len(conv) + len(esc) + len(fates["unresolved"])
     notes = [
-        f"{len(conv)} of {len(conv) + len(esc)} runs from heads 0.5 v0 and 1.5 v0 converged to "
+        f"{len(conv)} of {runs} runs from heads 0.5 v0 and 1.5 v0 converged to "
         "(v_lp, B0); the others ran off with ||(B - B0) Pi_S||_F -> c_S "
         + (
             f"(||(B - B0) Pi_S||_F / c_S = {np.median(esc[:, 1]):.4f} at t = 1e8, median)"
@@ -263,6 +275,12 @@ def check_m2(data, extra) -> CheckResult:
         )
         + ": the infimum of F along that valley is lam c_S^2 > 0, approached as t^(-1/3)."
     ]
+    if fates["unresolved"]:
+        notes.append(
+            f"{len(fates['unresolved'])} run(s) converged to (v_lp, B0) (distance < 1e-8 at "
+            "t = 1e8) but their decay rate was not resolved: no three saves fell between 1e-4 "
+            "and 1e-11 after three refinements of the save grid; they are left out of the rate row."
+        )
     return CheckResult(
         "M2", "L2-SP: frozen S-perp features; its minimum and how it is reached",
         "With loss + lam ||B - B0||_F^2 (+ lam_v ||v - v0||^2) the features stay frozen on S-perp "
