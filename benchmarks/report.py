@@ -249,15 +249,16 @@ def render(res: dict) -> str:
                       [f"| {r['d']:.0e} | {r['k']} | {r['m']} | {r['n']} | {r['make_problem_s']:.3f} | {r['reduce_s']:.4f} | "
                        f"{r['solve_s']:.4f} | {r['compile_s']:.1f} | {r['steps']} | {r['status']} |"
                        for r in res["dscaling"]])  # fmt: skip
-    if res.get("methods_arch"):
+    methods = res.get("methods") or res.get("methods_arch")  # "methods_arch": older results files
+    if methods:
         out += [
-            "Methods that change the parametrisation (`linfeat.methods`, jit(vmap), default tolerances, second calls):",
+            "The method zoo (`linfeat.methods`, jit(vmap), default tolerances, second calls):",
             "",
         ]
         out += _table("method | batch | d | k | m | run s | traj/s | compile s | steps mean / max | converged", "lrrrrrrrrr",
                       [f"| {r['method']} | {r['batch']} | {r['d']} | {r['k']} | {r['m']} | {r['run_s']:.3f} | "
                        f"{r['traj_per_s']:.1f} | {r['compile_s']:.1f} | {r['steps_mean']:.0f} / {r['steps_max']} | "
-                       f"{r['converged']:.1%} |" for r in res["methods_arch"]])  # fmt: skip
+                       f"{r['converged']:.1%} |" for r in methods])  # fmt: skip
     mm = res.get("memory")
     if mm:
         if "peak_rss_gb" in mm:

@@ -763,15 +763,18 @@ def section_memory(res, cfg: Config):
     print(f"  memory: {out}", flush=True)
 
 
-# --------------------------------------------------------------------------- methods (zoo B)
+# --------------------------------------------------------------------------- methods (the zoo)
 
 
-def section_methods_arch(res, cfg: Config):
-    """FT, surgical FT, LoRA (rank 4) and depth 3 on the same `compile_batch` small problems,
-    each `jax.jit(jax.vmap(method))` through the one engine (second calls; default tolerances),
-    each with its structured Rosenbrock solve. Measured --tiny (d = 40, 4 lanes, load ~11 on
-    2 cores): run 0.10, 0.16, 0.15, 0.11 s; with the dense Jacobian solve LoRA and depth 3
-    had taken 5.6 s and 51 s (N = 130 and 310 state numbers, O(N^3) per step)."""
+def section_methods(res, cfg: Config):
+    """FT and every flow of `linfeat.methods` on the same `compile_batch` small problems, each
+    `jax.jit(jax.vmap(method))` through the one engine (second calls; default tolerances; knobs
+    at moderate values). Surgical FT, LoRA and depth 3 change the parametrisation and each
+    have a structured Rosenbrock solve: measured --tiny (d = 40, 4 lanes, load ~11 on 2 cores),
+    run 0.10, 0.16, 0.15, 0.11 s; with the dense Jacobian solve LoRA and depth 3 had taken
+    5.6 s and 51 s (N = 130 and 310 state numbers, O(N^3) per step). WiSE-FT is FT plus an
+    interpolation of its end point; L2-SP, layer-wise rates, partial LP then FT and weight
+    decay are FT's reduced flow with other coefficients."""
     from linfeat import methods as M
 
     b = cfg.compile_batch
@@ -779,11 +782,18 @@ def section_methods_arch(res, cfg: Config):
     A0 = M.lora_init(jax.random.key(12), 4, cfg.d)
     runs = {
         "fine_tune": lambda p, v: lf.fine_tune(p, v, check=False),
+        "wise_ft (alpha 0.5)": lambda p, v: M.wise_ft(p, v, alpha=0.5, check=False),
+        "l2_sp (lam 0.1, lam_v 0.1)": lambda p, v: M.l2_sp(p, v, lam=0.1, lam_v=0.1, check=False),
+        "layerwise_ft (eta_B / eta_v = 4)": lambda p, v: M.layerwise_ft(
+            p, v, eta_v=0.5, eta_B=2.0, check=False
+        ),
+        "partial_lp_ft (tau 1)": lambda p, v: M.partial_lp_ft(p, v, tau=1.0, check=False),
+        "weight_decay_ft (mu 0.01)": lambda p, v: M.weight_decay_ft(p, v, mu=0.01, check=False),
         "surgical_fine_tune": lambda p, v: M.surgical_fine_tune(p, v, check=False),
         "lora_fine_tune (rank 4)": lambda p, v: M.lora_fine_tune(p, v, A0=A0, check=False),
         "depth3_fine_tune": lambda p, v: M.depth3_fine_tune(p, v, check=False),
     }
-    rows = res.setdefault("methods_arch", [])
+    rows = res.setdefault("methods", [])
     for name, fn in runs.items():
         tr, t = timed(jax.jit(jax.vmap(fn)), probs, v0s)
         steps = np.asarray(tr.num_steps)
@@ -792,7 +802,7 @@ def section_methods_arch(res, cfg: Config):
                    steps_mean=float(steps.mean()), steps_max=int(steps.max()),
                    **status_fractions(tr.status))  # fmt: skip
         rows.append(row)
-        print(f"  {name:24s} b={b} run {row['run_s']:.3f} s ({row['traj_per_s']:.1f} traj/s), "
+        print(f"  {name:34s} b={b} run {row['run_s']:.3f} s ({row['traj_per_s']:.1f} traj/s), "
               f"compile {row['compile_s']:.1f} s, steps {row['steps_mean']:.0f} / "
               f"{row['steps_max']}, converged {row['converged']:.1%}", flush=True)  # fmt: skip
         del tr
@@ -813,7 +823,7 @@ def _print(r):
 
 
 SECTIONS = ("compile", "natural_vs_batch", "previous_release", "accuracy", "baselines",
-            "dscaling", "memory", "methods_arch")  # fmt: skip
+            "dscaling", "memory", "methods")  # fmt: skip
 
 
 def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
@@ -844,7 +854,7 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
         "baselines": lambda: section_baselines(res, cfg),
         "dscaling": lambda: section_dscaling(res, cfg),
         "memory": lambda: section_memory(res, cfg),
-        "methods_arch": lambda: section_methods_arch(res, cfg),
+        "methods": lambda: section_methods(res, cfg),
     }
     for name in SECTIONS:
         if name in skip:

@@ -241,3 +241,39 @@ def test_grad_wrt_knob_matches_central_difference(problem, name):
     fd = (float(f(x0 + h)) - float(f(x0 - h))) / (2 * h)
     # FD truncation O(h^2) ~ 1e-8 and solver noise rtol / h ~ 1e-8
     assert np.isfinite(g) and abs(g - fd) < 1e-6 * (1 + abs(fd))
+
+
+def test_penalised_structured_solve_equals_dense_jacobian_solve():
+    """The zoo flow's closed-form (I - alpha J)^{-1} (`PenalisedFlow.factor`: every knob on)
+    equals the dense solve with the jax.jacfwd Jacobian on random states, and reduces to
+    `FineTune.factor` at the default knobs (rounding level: both are exact eliminations)."""
+    from linfeat._flows import FineTune, FlowData
+    from linfeat._methods_flows import FT_KNOBS, Knobs, MethodData, PenalisedFlow
+    from linfeat._rodas5p import dense_factor
+
+    rng = np.random.default_rng(3)
+    k, r = 3, 5
+    flow = PenalisedFlow()
+
+    def arr(*s):
+        return jnp.asarray(rng.normal(size=s))
+
+    for trial in range(6):
+        data = FlowData(jnp.asarray(rng.uniform(0.0, 3.0, r)), arr(r))
+        if trial == 0:
+            kn = Knobs(**{n: jnp.asarray(x) for n, x in FT_KNOBS.items()})
+        else:
+            lam, lam_v, mu = rng.uniform(0.0, 2.0, 3)
+            eta_v, eta_B = rng.uniform(0.2, 3.0, 2)
+            kn = Knobs(*map(jnp.asarray, (1.0, lam, lam_v, eta_v, eta_B, mu, 0.0)))
+        args = MethodData(data, arr(k), arr(k, r), jnp.asarray(0.7), kn)
+        y, b = (arr(k), arr(k, r), jnp.asarray(0.5)), (arr(k), arr(k, r), arr())
+        alpha = jnp.asarray(rng.uniform(1e-3, 0.05))
+        fast = flow.factor(y, args, alpha)(b)
+        dense = dense_factor(flow.field, y, args, alpha)(b)
+        for a, c in zip(fast, dense):
+            np.testing.assert_allclose(a, c, rtol=0, atol=rounding(jnp.float64) * 100)
+        if trial == 0:
+            ft = FineTune().factor(y[:2], data, alpha)(b[:2])
+            for a, c in zip(fast[:2], ft):
+                np.testing.assert_allclose(a, c, rtol=0, atol=rounding(jnp.float64))
