@@ -31,6 +31,18 @@ class Status(enum.IntEnum):
     STEP_LIMIT = 2  # `max_steps` solver steps were not enough
     NONFINITE = 3  # NaN or inf in the state
     SOLVER_ERROR = 4  # any other solver failure (e.g. step size underflow)
+    DIVERGED = 5  # the state's norm passed `DIVERGENCE` (1 + |y0|): the flow blows up
+
+
+# The divergence stop: a solve ends with status DIVERGED once |y|^2 > DIVERGENCE^2 (1 + |y0|^2).
+# No flow of linfeat leaves that ball on a sanely scaled problem: FT's state settles where
+# |v|^2 ~ |B|^2 ~ |w*| (so |w*| would have to reach ~1e12 (1 + |y0|^2)); the escaping L2-SP
+# runs grow as t^(1/3) (a factor ~500 by t = 1e8); logistic flows grow as log t. A flow that
+# does leave it (gradient ascent, a wrong sign in a custom flow) blows up in finite time, and
+# the adaptive step would chase the blow-up for ever: the norm grows only polynomially in the
+# step count near it (FT ascent: 4.7e5 x its start after 1,000 steps, 6.4e6 after 5,000),
+# so a higher threshold costs steps without telling more.
+DIVERGENCE = 1e6
 
 
 class SolverError(RuntimeError):
@@ -79,11 +91,31 @@ class Solution(NamedTuple):
     status: Int[Array, ""]
 
 
-def _status(result, y_final) -> Int[Array, ""]:
+def _sq(y) -> Float[Array, ""]:
+    return sum(jnp.sum(x**2) for x in jax.tree.leaves(y))
+
+
+def stop_event(converged, y0) -> diffrax.Event:
+    """The solve's stop: `converged(t, y, args)` (the method's test) or divergence
+    (`DIVERGENCE`); `solution` tells them apart through diffrax's `event_mask`."""
+    bound = DIVERGENCE**2 * (1.0 + _sq(y0))
+
+    def diverged(t, y, args, **kwargs):
+        return _sq(y) > bound
+
+    return diffrax.Event((converged, diverged))
+
+
+def _status(result, y_final, event_mask=None) -> Int[Array, ""]:
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y_final)]))
+    diverged = (
+        event_mask[1] & ~event_mask[0]
+        if isinstance(event_mask, (tuple, list))
+        else jnp.zeros((), bool)
+    )
     code = jnp.where(
         result == diffrax.RESULTS.event_occurred,
-        Status.CONVERGED,
+        jnp.where(diverged, Status.DIVERGED, Status.CONVERGED),
         jnp.where(
             result == diffrax.RESULTS.successful,
             Status.MAX_TIME,
@@ -109,7 +141,8 @@ def solve(
     adjoint: diffrax.AbstractAdjoint | None = None,
     progress: bool = False,
 ) -> Solution:
-    """Integrates `flow` from `y0` with Rodas5P until the gradient test passes or `t1`.
+    """Integrates `flow` from `y0` with Rodas5P until the gradient test passes, the state
+    diverges (`DIVERGENCE`) or `t1`.
 
     Args:
         flow: the method (`linfeat._flows.AbstractFlow`).
@@ -142,7 +175,7 @@ def solve(
         args=args,
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        event=diffrax.Event(converged),
+        event=stop_event(converged, y0),
         max_steps=max_steps,
         throw=False,
         adjoint=diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint,
@@ -170,7 +203,7 @@ def solution(sol: diffrax.Solution, ts) -> Solution:
         y_final=y_final,
         t_final=t_final,
         num_steps=sol.stats["num_steps"],
-        status=_status(sol.result, y_final),
+        status=_status(sol.result, y_final, sol.event_mask),
     )
 
 

@@ -37,6 +37,7 @@ from ._engine import (
     default_tolerances,
     solution,
     solve,
+    stop_event,
 )
 from ._flows import FineTune
 from ._metrics import metrics, reduced_metrics
@@ -161,7 +162,7 @@ def _solve_full(problem, v0, settings, *, num_save, train_features, max_steps) -
         args=args,
         saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
         stepsize_controller=diffrax.PIDController(rtol=settings.rtol, atol=settings.atol),
-        event=diffrax.Event(converged),
+        event=stop_event(converged, (v0, problem.B0)),
         max_steps=max_steps,
         throw=False,
     )
@@ -288,11 +289,13 @@ def _raise_on_failure(traj: Trajectory, what: str) -> None:
     if not V.is_concrete(traj.status) or np.ndim(traj.status) != 0:
         return  # batched or traced: the caller reads `status` per trajectory
     st = Status(int(traj.status))
-    if st in (Status.STEP_LIMIT, Status.NONFINITE, Status.SOLVER_ERROR):
+    if st in (Status.STEP_LIMIT, Status.NONFINITE, Status.SOLVER_ERROR, Status.DIVERGED):
         hint = {
             Status.STEP_LIMIT: "raise `max_steps`, loosen `rtol`/`atol`, or shorten `t_max`",
             Status.NONFINITE: "the state became NaN/inf: check the scale of X, Y and v0",
             Status.SOLVER_ERROR: "the adaptive step collapsed: loosen `rtol`/`atol`",
+            Status.DIVERGED: "the state's norm grew past 1e6 (1 + |y0|): the flow is not a "
+            "descent flow (check the sign of a custom flow's field and of its learning rates)",
         }[st]
         raise SolverError(
             f"{what} failed with status {st.name} at t = {float(traj.t_final):.6g} after "

@@ -178,6 +178,37 @@ def test_status_reported_per_trajectory_and_raised_unbatched(problems, heads):
         lf.fine_tune(_one(problems, 0), heads[0], max_steps=20)
 
 
+def test_divergence_is_a_status_per_trajectory(problems, heads):
+    """Gradient *ascent* (FT's field and Jacobian with the sign flipped) blows up in finite
+    time; the engine stops each such lane early with DIVERGED, next to descent lanes that
+    converge, in one vmapped program (without the stop each ran to `max_steps`)."""
+    from linfeat._engine import DIVERGENCE, solve
+    from linfeat._flows import FineTune
+
+    class Ascent(FineTune):
+        def field(self, y, args):
+            return jax.tree.map(lambda x: -x, super().field(y, args))
+
+        def factor(self, y, args, alpha):
+            return super().factor(y, args, -alpha)
+
+    def run(p, v0, sign):
+        red = lf.reduce(p)
+        ts = jnp.linspace(0.0, 10.0, 5)
+        kw = dict(ts=ts, t1=ts[-1], rtol=1e-9, atol=1e-11, grad_tol=1e-300, max_steps=20_000)
+        up = solve(Ascent(), (v0, red.A0), red.flow_data, **kw)
+        down = solve(FineTune(), (v0, red.A0), red.flow_data, **kw)
+        return up.status, up.num_steps, up.y_final, down.status
+
+    up, steps, y_final, down = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))(problems, heads, 1)
+    assert np.all(np.asarray(up) == lf.Status.DIVERGED), up
+    assert np.all(np.asarray(steps) < 2_000), steps  # stopped early, not at max_steps
+    size = sum(np.sum(np.asarray(x) ** 2, axis=tuple(range(1, x.ndim))) for x in y_final)
+    assert np.all(size > DIVERGENCE**2)
+    # descent runs to t1 = 10 (grad_tol 1e-300 never passes): MAX_TIME, not DIVERGED
+    assert np.all(np.asarray(down) == lf.Status.MAX_TIME), down
+
+
 def test_bad_call_arguments(problems, heads):
     p = _one(problems, 0)
     with pytest.raises(ValueError, match="`v0`"):
