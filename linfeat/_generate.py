@@ -117,6 +117,7 @@ def make_problem(
     ood_rank: int = 0,
     ood_rank_scale=1.0,
     dtype=None,
+    basis: str = "full",
 ) -> Problem:
     r"""A random problem: ID subspace S (dim m), features at distance $\varepsilon$, an OOD shift.
 
@@ -146,6 +147,15 @@ def make_problem(
             `ood_shift` $\rho \in [0, 1]$ (checked for every `ood`), `ood_rank` in [0, d],
             `ood_rank_scale` $\ge 0$.
         dtype: floating dtype; default the JAX default float.
+        basis: "full" draws every direction in $R^d$ (cost $O(d\,(m + k)^2)$; the problem's
+            arrays have d columns). "small" draws the same problem directly in a basis of the
+            $c = m + 2k + $ `ood_rank` dimensions it occupies (`bartlett_embedding`): its
+            arrays have c columns, and every rotation-invariant quantity (errors, distances,
+            angles, trajectories of the flows) has exactly the law it has in $R^d$
+            (docs/theory.md, section 1.7), at $O(c^3)$ cost whatever d is
+            (`make_problem(key, d=10**9, ..., basis="small")` takes milliseconds). Not for
+            `ood="random_spd"` (a dense d x d moment), nor for methods that draw their own
+            random d-vectors (LoRA's `A0`, a depth-3 middle layer): there use "full".
 
     Returns:
         A `Problem` with `B_star` and `v_star` set. Vmap over `key` and the numeric knobs.
@@ -165,6 +175,7 @@ def make_problem(
     n = 2 * m if n is None else V.check_int("n", n, min=1)
     ood_rank = V.check_int("ood_rank", ood_rank, min=0)
     _check_dims(d=d, k=k, m=m, n=n, ood=ood, ood_rank=ood_rank)
+    _check_basis(basis, d=d, k=k, m=m, n=n, ood=ood, ood_rank=ood_rank)
     _check_feature_error(feature_error)
     V.check_positive(
         "v_star_norm",
@@ -187,26 +198,55 @@ def make_problem(
     dtype = jnp.result_type(float) if dtype is None else V.check_float_dtype("dtype", dtype)
     return _build(
         key, feature_error, v_star_norm, id_spectrum, ood_shift, ood_rank_scale,
-        d=d, k=k, m=m, n=n, ood=ood, ood_rank=ood_rank, dtype=jnp.dtype(dtype),
+        d=d, k=k, m=m, n=n, ood=ood, ood_rank=ood_rank, dtype=jnp.dtype(dtype), basis=basis,
     )  # fmt: skip
 
 
 # One compiled program per shape and OOD kind (an eager call would dispatch, and compile,
 # each of the eigensolver's operations separately: measured 8 s against 5 s).
-@functools.partial(jax.jit, static_argnames=("d", "k", "m", "n", "ood", "ood_rank", "dtype"))
+@functools.partial(
+    jax.jit, static_argnames=("d", "k", "m", "n", "ood", "ood_rank", "dtype", "basis")
+)
 def _build(key, feature_error, v_star_norm, id_spectrum, ood_shift, ood_rank_scale, *,
-           d, k, m, n, ood, ood_rank, dtype) -> Problem:  # fmt: skip
+           d, k, m, n, ood, ood_rank, dtype, basis="full") -> Problem:  # fmt: skip
     kS, kF, kv, kG, kO = jax.random.split(key, 5)
-    # The same draws as jax.random.normal on each key, in two call sites (`_gaussians`).
-    ZS, ZF = _gaussians((kS, kF), ((d, m), (d, 2 * k)), dtype)
     u, G = _gaussians((kv, kG), ((k,), (n, m)), dtype)
+    if basis == "small":
+        # One Bartlett factor for all the random directions at once: columns [S | F | L]. Where
+        # they outnumber d, R^d itself is the small basis: a plain Gaussian d x c draw.
+        c = m + 2 * k + ood_rank
+        Z = bartlett_embedding(kS, d, c, dtype) if c < d else jax.random.normal(kS, (d, c), dtype)
+        ZS, ZF, ZL = Z[:, :m], Z[:, m : m + 2 * k], Z[:, m + 2 * k :]
+    else:
+        # The same draws as jax.random.normal on each key, in two call sites (`_gaussians`).
+        ZS, ZF = _gaussians((kS, kF), ((d, m), (d, 2 * k)), dtype)
+        ZL = None if ood == "random_spd" else _ood_directions(kO, d, ood_rank, dtype)
+    return _assemble(
+        ZS, ZF, ZL, u, G, feature_error, v_star_norm, id_spectrum, ood_shift, ood_rank_scale,
+        kO, ood=ood, dtype=dtype,
+    )  # fmt: skip
+
+
+def _assemble(ZS, ZF, ZL, u, G, feature_error, v_star_norm, id_spectrum, ood_shift,
+              ood_rank_scale, kO, *, ood, dtype) -> Problem:  # fmt: skip
+    r"""The problem built from its Gaussian direction matrices (one law for both bases).
+
+    Every direction in the problem is a polar factor of a column block of $Z = [Z_S, Z_F, Z_L]$
+    (S, the features, the low-rank OOD term); everything else is drawn independently of Z.
+    """
+    D, m = ZS.shape
     Q = polar(ZS)
-    B_star, B0 = _features_from(ZF, k, feature_error, dtype)
+    B_star, B0 = _features_from(ZF, ZF.shape[1] // 2, feature_error, dtype)
     v_star = jnp.asarray(v_star_norm, dtype) * u / jnp.linalg.norm(u)
     w_star = B_star.T @ v_star
     lam = jnp.ones((m,), dtype) if id_spectrum is None else jnp.asarray(id_spectrum, dtype)
     L_id = Q * jnp.sqrt(lam)
     X = G @ L_id.T
+    if ood == "random_spd":
+        ood_cov = _random_spd(kO, D, dtype)
+    else:
+        L = jnp.asarray(ood_rank_scale, dtype) * polar(ZL) if ZL.shape[1] else ZL
+        ood_cov = _subspace_ood(ood, ood_shift, L, dtype)
     return Problem(
         X=X,
         Y=X @ w_star,
@@ -215,22 +255,43 @@ def _build(key, feature_error, v_star_norm, id_spectrum, ood_shift, ood_rank_sca
         B_star=B_star,
         v_star=v_star,
         id_cov=SubspaceCov(jnp.zeros((), dtype), jnp.zeros((), dtype), L_id),
-        ood_cov=_ood_cov(kO, d, ood, ood_shift, ood_rank, ood_rank_scale, dtype),
+        ood_cov=ood_cov,
     )
 
 
-def _ood_cov(key, d, ood, shift, rank, rank_scale, dtype):
-    kL, kV = jax.random.split(key)
+def bartlett_embedding(key: PRNGKeyArray, d: int, c: int, dtype) -> Float[Array, "c c"]:
+    r"""A c x c matrix $Z'$ with $Z'^TZ'$ distributed as $Z^TZ$ for a d x c standard Gaussian Z.
+
+    Bartlett's decomposition (docs/theory.md, section 1.7): $Z^TZ \sim W_c(d, I)$ has the
+    Cholesky factor $T$ (lower triangular) with independent entries $T_{ii}^2 \sim
+    \chi^2_{d-i}$ (i = 0, ..., c - 1) and $T_{ij} \sim N(0, 1)$ below the diagonal, and
+    $Z = E\,T^T$ for an isometry $E: R^c 	o R^d$. Everything linfeat computes from Z is
+    equivariant under left-isometries, so $Z' = T^T$ gives the same problem in the coordinates
+    of E, at $O(c^3)$ cost whatever d is. Needs $c \le d$.
+    """
+    kd, ko = jax.random.split(key)
+    df = d - jnp.arange(c, dtype=dtype)
+    # chi^2_nu = 2 Gamma(nu / 2): jax.random.gamma is exact in law for any shape, also 5e8.
+    diag = jnp.sqrt(2.0 * jax.random.gamma(kd, df / 2.0, dtype=dtype))
+    below = jnp.tril(jax.random.normal(ko, (c, c), dtype), -1)
+    return (below + jnp.diag(diag)).T
+
+
+def _ood_directions(key, d, rank, dtype):
+    """The Gaussian matrix whose polar factor spans the low-rank OOD term (full basis)."""
+    kL, _ = jax.random.split(key)
+    return jax.random.normal(kL, (d, rank), dtype)
+
+
+def _random_spd(key, d, dtype):
+    _, kV = jax.random.split(key)
+    Vm = _orthonormal_columns(kV, d, d, dtype)
+    mu = jax.random.uniform(kV, (d,), dtype, 0.5, 2.0)
+    return (Vm * mu) @ Vm.T
+
+
+def _subspace_ood(ood, shift, L, dtype):
     one, zero = jnp.ones((), dtype), jnp.zeros((), dtype)
-    if ood == "random_spd":
-        Vm = _orthonormal_columns(kV, d, d, dtype)
-        mu = jax.random.uniform(kV, (d,), dtype, 0.5, 2.0)
-        return (Vm * mu) @ Vm.T
-    L = (
-        jnp.asarray(rank_scale, dtype) * _orthonormal_columns(kL, d, rank, dtype)
-        if rank
-        else jnp.zeros((d, 0), dtype)
-    )
     rho = jnp.asarray(shift, dtype)
     a, b = {
         "isotropic": (one, one),
@@ -239,6 +300,27 @@ def _ood_cov(key, d, ood, shift, rank, rank_scale, dtype):
         "inside": (one, zero),
     }[ood]
     return SubspaceCov(a, b, L)
+
+
+BASIS_KINDS = ("full", "small")
+_FULL_BYTES_MAX = 2**34  # 16 GiB of float64 arrays: past this "full" cannot be what was meant
+
+
+def _check_basis(basis, *, d, k, m, n, ood, ood_rank):
+    V.check_choice("basis", basis, BASIS_KINDS)
+    if basis == "small" and ood == "random_spd":
+        raise ValueError(
+            "`ood='random_spd'` is a dense d x d second moment, which has no small basis; use "
+            "basis='full' (small d), or a SubspaceCov kind with basis='small'."
+        )
+    if basis == "full" and 8 * d * (n + m + 4 * k + ood_rank) > _FULL_BYTES_MAX:
+        raise ValueError(
+            f"basis='full' with d = {d} needs about "
+            f"{8 * d * (n + m + 4 * k + ood_rank) / 2**30:.0f} GiB of d-vectors; pass "
+            f"basis='small' to draw the same problem (equal in law for every rotation-"
+            f"invariant quantity, docs/theory.md section 1.7) in {m + 2 * k + ood_rank} "
+            f"dimensions."
+        )
 
 
 def _check_dims(*, d, k, m, n, ood, ood_rank):
