@@ -221,3 +221,20 @@ def test_bad_call_arguments(problems, heads):
         lf.fine_tune(p, heads[0], ts=[-1.0, 1.0])
     with pytest.warns(lf.TheoryConditionWarning, match="v0 = 0"):
         lf.fine_tune(p, jnp.zeros(K))
+
+
+def test_huge_head_solves_that_stalled_at_t0_converge():
+    """Two full-run `linfeat check` instances (d 40, k 10, m 14, heads of norm 10-13) whose
+    first trial steps overflowed: the NaN error estimate made the controller retry at t = 0
+    until the step limit (100,000 steps, t_final = 0). With the stage clip
+    (`linfeat._rodas5p._clip`) a blown-up step has a large finite error and is rejected."""
+    from linfeat.checks import _sampling as S
+    from linfeat.checks._config import FULL
+
+    keys = jax.random.split(jax.random.PRNGKey(0), len(FULL.groups))
+    problems, v0, _ = S._sample_group(keys[2], FULL.groups[2], FULL)
+    for i in (2090, 2318):
+        p = jax.tree.map(lambda x: x[i], problems)
+        tr = lf.fine_tune(p, v0[i], check=False, rtol=1e-12, atol=1e-14)
+        assert int(tr.status) == lf.Status.CONVERGED and int(tr.num_steps) < 2000
+        assert float(tr.t_final) > 0
