@@ -71,3 +71,31 @@ def test_rates_match_finite_differences():
         fd = (f[2] - f[0]) / (2 * h)
         assert float(df[1]) == pytest.approx(float(fd), rel=1e-6, abs=1e-6 * lam)
         assert abs(float(df[1])) > 1e-3 * lam  # the curve moves: the comparison means something
+
+
+def test_refinement_replaces_an_overshooting_interpolant(monkeypatch):
+    """`_refine_extrema`: a record whose saved values are corrupted between two saves (a fake
+    transient the Hermite cubic overshoots) is flagged by its own error estimate, re-solved on
+    a refined grid, and gets the true extrema back; untouched rows are left alone."""
+    from linfeat.checks import _sampling as S
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    probs = jax.vmap(lambda k: lf.make_problem(k, d=10, k=1, m=4, feature_error=0.1))(keys)
+    v0 = jax.random.normal(jax.random.key(1), (2, 1))
+    gt = jax.vmap(S._grad_tol)(probs, v0)
+    rec = jax.tree.map(np.array, jax.vmap(S._flow_record)(probs, v0, gt))
+    rec.pop("e_final")
+    S._continuous_extrema(rec, {k: v.copy() for k, v in rec.items()})
+    clean = {k: rec[k].copy() for k in ("ood_min", "ood_max", "err_min")}
+    # a spurious steep slope at one save of row 0: the cubic through it dips far below the curve
+    j = 200
+    rec["ood_rate"][0, j] = -1e6 * np.max(np.abs(rec["ood_rate"][0]))
+    rec["err2_rate"][0, j] = -1e6 * np.max(np.abs(rec["err2_rate"][0]))
+    S._continuous_extrema(rec, {k: v.copy() for k, v in rec.items()})
+    assert rec["ood_min"][0] < clean["ood_min"][0] - 1e-3  # the corrupted extremum is wrong
+    S._refine_extrema(probs, v0, gt, rec, np.ones(2), False, 2)
+    assert rec["refined"].tolist() == [True, False] and not rec["unresolved"].any()
+    for name in ("ood_min", "ood_max", "err_min"):
+        # the re-solve saves at other times: the same continuous extremum to the Hermite error
+        assert rec[name][0] == pytest.approx(clean[name][0], rel=1e-8, abs=1e-14), name
+        assert rec[name][1] == clean[name][1], name

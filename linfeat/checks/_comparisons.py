@@ -100,7 +100,7 @@ def check_r8(data, extra) -> CheckResult:
                 data["ft"]["ood"]
             ),
             f"min_t L_ood(FT): continuous in t against the {SAVES} saves": extremum_report(
-                data["ft"]["ts"], data["ft"]["ood"], data["ft"]["ood_rate"]
+                data["ft"]["ts"], data["ft"]["ood"], data["ft"]["ood_rate"], rec=data["ft"]
             ),
             "instances below the explicit threshold": int(below.sum()),
         },
@@ -335,7 +335,12 @@ def check_r13(data, extra) -> CheckResult:
             ),
             f"max_t L_ood(LP-FT): continuous in t against the {SAVES} saves, relative to "
             "(1 + a)^2": extremum_report(
-                lpft["ts"], lpft["ood"], lpft["ood_rate"], "max", (1.0 + data["prep"]["a"]) ** 2
+                lpft["ts"],
+                lpft["ood"],
+                lpft["ood_rate"],
+                "max",
+                (1.0 + data["prep"]["a"]) ** 2,
+                rec=lpft,
             ),
             "max excess / sqrt(L_ood(0)) by eps": rel_by_eps,
             "max excess by Sigma kind (eps > 0)": by_kind,

@@ -71,12 +71,22 @@ def hermite_extremum(ts, f, df, mode: str = "min", log_time: bool = True):
     return sign * best
 
 
-def extremum_report(ts, f, df, mode: str = "min", scale=None) -> dict:
+def extremum_report(ts, f, df, mode: str = "min", scale=None, rec=None) -> dict:
     """How the continuous extremum compares with the sampled ones, relative to `scale` (default
     the curve's size, max over t of |f|; pass the problem's scale for curves that may stay near
     0, e.g. LP-FT with perfect features): the largest gap to the 498-save extremum, and the
     estimated error of the continuous value (Hermite on the 64-save grid against the 498-save
-    one, / 8^4)."""
+    one, / 8^4). With the flow record `rec`, instances that `_sampling._refine_extrema`
+    re-solved on a finer grid are left out of these statistics and counted instead."""
+    counts = {}
+    if rec is not None and "refined" in rec:
+        keep = ~np.asarray(rec["refined"])
+        counts = {
+            "instances re-solved on a refined grid (extrema from it)": int(np.sum(~keep)),
+            "... of which still unresolved": int(np.sum(rec["unresolved"])),
+        }
+        ts, f, df = (np.asarray(x)[keep] for x in (ts, f, df))
+        scale = None if scale is None else np.asarray(scale)[keep]
     f = np.asarray(f, float)
     scale = np.max(np.abs(f), axis=1) if scale is None else np.asarray(scale, float)
     scale = np.maximum(scale, 1e-300)
@@ -91,4 +101,5 @@ def extremum_report(ts, f, df, mode: str = "min", scale=None) -> dict:
         "largest gap to the sampled extremum": float(np.max(gap)) if gap.size else None,
         "median gap": float(np.median(gap)) if gap.size else None,
         "largest estimated error of the continuous value": float(np.max(err)) if err.size else None,
+        **counts,
     }

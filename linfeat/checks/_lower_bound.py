@@ -228,10 +228,10 @@ def check_r5(data, extra) -> CheckResult:
             np.sqrt(np.clip(ft["ood"], 0, None))
         ),
         f"min_t ||e(t)||^2: continuous in t against the {SAVES} saves": extremum_report(
-            ft["ts"], ft["err"] ** 2, ft["err2_rate"]
+            ft["ts"], ft["err"] ** 2, ft["err2_rate"], rec=ft
         ),
         f"min_t L_ood(t): continuous in t against the {SAVES} saves": extremum_report(
-            ft["ts"], ft["ood"], ft["ood_rate"]
+            ft["ts"], ft["ood"], ft["ood_rate"], rec=ft
         ),
     }
     notes = [
