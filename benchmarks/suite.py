@@ -808,6 +808,100 @@ def section_methods(res, cfg: Config):
         del tr
 
 
+# --------------------------------------------------------------------------- set-up (small basis)
+
+
+def section_setup(res, cfg: Config):
+    """From keys to per-lane metrics on `small`, with the problems drawn in R^d
+    (`basis="full"`) and in their own (m + 2k)-dimensional basis (`basis="small"`, Bartlett;
+    docs/theory.md section 1.7), each `jax.jit(jax.vmap(lf.make_problem))` then
+    `fine_tune_batch(outputs="metrics")`; and `make_problem` + `fine_tune` at d = 1e9."""
+    b = cfg.small_batches[-1]
+    shape = dict(d=cfg.d, k=K, m=cfg.m, n=cfg.n, feature_error=0.5)
+    keys = jax.random.split(jax.random.key(21), b)
+    v0s = jax.block_until_ready(jax.random.normal(jax.random.key(22), (b, K)))
+    rows = res.setdefault("setup", [])
+    for basis in ("full", "small"):
+        build = jax.jit(jax.vmap(lambda kk, basis=basis: lf.make_problem(kk, **shape, basis=basis)))
+        probs, t_b = timed(build, keys)
+        tr, t_s = timed(lambda p, v: lf.fine_tune_batch(p, v, outputs="metrics"), probs, v0s,
+                        second=b <= cfg.second_call_max_b)  # fmt: skip
+        total = t_b["run_s"] + t_s["run_s"]
+        row = dict(basis=basis, batch=b, **shape, columns=int(probs.X.shape[-1]),
+                   setup_s=t_b["run_s"], setup_per_problem_ms=1e3 * t_b["run_s"] / b,
+                   setup_compile_s=t_b["compile_s"], solve_s=t_s["run_s"],
+                   solve_timing=t_s["timing"], end_to_end_traj_per_s=b / total,
+                   steps_mean=float(np.mean(tr.num_steps)),
+                   **status_fractions(tr.status))  # fmt: skip
+        rows.append(row)
+        print(f"  basis={basis:5s} b={b} ({row['columns']} columns): set-up "
+              f"{row['setup_per_problem_ms']:.3f} ms/problem, solve {row['solve_s']:.2f} s, "
+              f"end to end {row['end_to_end_traj_per_s']:.0f} traj/s, steps "
+              f"{row['steps_mean']:.0f}, converged {row['converged']:.1%}", flush=True)  # fmt: skip
+        del probs, tr
+    big = dict(d=10**9, k=K, m=cfg.m, n=cfg.n, feature_error=0.5, basis="small")
+    mk = jax.jit(lambda kk: lf.make_problem(kk, **big))
+    p, t_mk = timed(mk, jax.random.key(23))
+    v0 = jax.random.normal(jax.random.key(24), (K,))
+    tr, t_ft = timed(lambda p, v: lf.fine_tune(p, v, check=False), p, v0)
+    res["setup_billion"] = dict(
+        **big, make_problem_s=t_mk["run_s"], make_problem_compile_s=t_mk["compile_s"],
+        solve_s=t_ft["run_s"], solve_compile_s=t_ft["compile_s"],
+        total_s=t_mk["run_s"] + t_ft["run_s"], steps=int(tr.num_steps), status=int(tr.status),
+    )  # fmt: skip
+    print(f"  d = 1e9 (basis small): make_problem {t_mk['run_s'] * 1e3:.2f} ms + fine_tune "
+          f"{t_ft['run_s'] * 1e3:.1f} ms (compiles {t_mk['compile_s']:.1f} s + "
+          f"{t_ft['compile_s']:.1f} s), status {int(tr.status)}", flush=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- gradient sweeps
+
+
+def section_grad(res, cfg: Config):
+    """Cost of value + `jax.grad` of a batch-mean OOD error against the value alone, for two
+    knobs: the problem's `feature_error` (through `make_problem` and FT) and WiSE-FT's alpha
+    with L2-SP's lambda (through the zoo's `combined_ft`, as in the `zoo` experiment's tuning)."""
+    from linfeat import methods as LM
+
+    b = cfg.compile_batch * 4
+    keys = jax.random.split(jax.random.key(31), b)
+    v0s = jax.random.normal(jax.random.key(32), (b, K))
+    shape = dict(d=cfg.d, k=K, m=cfg.m, n=cfg.n)
+
+    def eps_loss(eps):
+        def one(kk, v):
+            p = lf.make_problem(kk, **shape, feature_error=eps)
+            return lf.fine_tune(p, v, check=False).final_metrics.ood_error
+
+        return jnp.mean(jax.vmap(one)(keys, v0s))
+
+    probs, _, _ = small_workload(cfg, b, seed=33)
+
+    def zoo_loss(u):
+        def one(p, v):
+            tr = LM.combined_ft(p, v, alpha=u[0], lam=jnp.exp(u[1]), lam_v=jnp.exp(u[1]),
+                                tau=0.0, eta_B=1.0, mu=0.0, check=False)  # fmt: skip
+            return tr.final_metrics.ood_error
+
+        return jnp.mean(jax.vmap(one)(probs, v0s))
+
+    rows = res.setdefault("grad", [])
+    for name, fn, x in (("feature_error (make_problem + FT)", eps_loss, jnp.asarray(0.3)),
+                        ("alpha, log lambda (WiSE-FT + L2-SP)", zoo_loss,
+                         jnp.asarray([0.7, jnp.log(0.05)]))):  # fmt: skip
+        val, t_f = timed(jax.jit(fn), x)
+        (val2, g), t_g = timed(jax.jit(jax.value_and_grad(fn)), x)
+        row = dict(knob=name, batch=b, forward_s=t_f["run_s"], value_and_grad_s=t_g["run_s"],
+                   ratio=t_g["run_s"] / t_f["run_s"], forward_compile_s=t_f["compile_s"],
+                   grad_compile_s=t_g["compile_s"],
+                   grad_finite=bool(np.all(np.isfinite(np.asarray(g)))),
+                   value_match=rel(val2, val))  # fmt: skip
+        rows.append(row)
+        print(f"  {name:38s} b={b}: forward {row['forward_s']:.2f} s, value+grad "
+              f"{row['value_and_grad_s']:.2f} s ({row['ratio']:.2f}x), gradient finite "
+              f"{row['grad_finite']}", flush=True)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -823,7 +917,7 @@ def _print(r):
 
 
 SECTIONS = ("compile", "natural_vs_batch", "previous_release", "accuracy", "baselines",
-            "dscaling", "memory", "methods")  # fmt: skip
+            "dscaling", "memory", "methods", "setup", "grad")  # fmt: skip
 
 
 def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
@@ -855,6 +949,8 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
         "dscaling": lambda: section_dscaling(res, cfg),
         "memory": lambda: section_memory(res, cfg),
         "methods": lambda: section_methods(res, cfg),
+        "setup": lambda: section_setup(res, cfg),
+        "grad": lambda: section_grad(res, cfg),
     }
     for name in SECTIONS:
         if name in skip:
