@@ -1,13 +1,14 @@
 """The ID/OOD regression problem: data, features, ground truth and second moments.
 
 docs/theory.md, section 1. A `Problem` is a pytree of arrays: problems of equal shapes stack leaf by
-leaf (`jax.tree.map(jnp.stack, ...)`) and vmap like generated ones.
+leaf (`stack_problems`) and vmap like generated ones.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -155,7 +156,7 @@ def problem_from_arrays(
     if not V.is_concrete(X, Y, B0, B_star, v_star, w_star, ood_cov, id_cov):
         raise ValueError(
             "`problem_from_arrays` validates concrete arrays; call it outside jit/vmap and "
-            "batch the resulting Problems (jax.tree.map(jnp.stack, ...))."
+            "batch the resulting Problems with `linfeat.stack_problems([...])`."
         )
     check_theory = V.check_bool("check_theory", check_theory)
     w_star_given = w_star
@@ -224,6 +225,44 @@ def problem_from_arrays(
     if check_theory:
         warn_theory_conditions(problem, m=m)
     return problem
+
+
+def stack_problems(problems) -> Problem:
+    """Stacks problems of equal shapes into one batched `Problem` (a leading batch axis).
+
+    The stack is done on the host with NumPy, one copy per leaf. `jax.tree.map(jnp.stack,
+    *problems)` gives the same arrays, but it compiles an XLA concatenation with one operand
+    per problem, whose compile time grows with their number: 10,000 problems took 600 s
+    (measured on 2 CPU cores), against under a second here.
+
+    Args:
+        problems: a non-empty sequence of `Problem`s with the same shapes, dtypes and
+            structure (`B_star` given for all or for none, second moments of one kind).
+
+    Returns:
+        The batched `Problem`, ready for `jax.vmap` and `fine_tune_batch`.
+
+    Raises:
+        ValueError: for an empty sequence, a non-`Problem` item, or items whose structure or
+            shapes differ (naming the first item that differs).
+    """
+    problems = list(problems)
+    if not problems:
+        raise ValueError("`problems` is empty: give at least one Problem to stack.")
+    for i, p in enumerate(problems):
+        if not isinstance(p, Problem):
+            raise ValueError(f"`problems[{i}]` is a {type(p).__name__}, not a linfeat Problem.")
+    first_def = jax.tree.structure(problems[0])
+    first_shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(problems[0])]
+    for i, p in enumerate(problems[1:], 1):
+        shapes = [(x.shape, x.dtype) for x in jax.tree.leaves(p)]
+        if jax.tree.structure(p) != first_def or shapes != first_shapes:
+            raise ValueError(
+                f"`problems[{i}]` differs from `problems[0]` in structure, shapes or dtypes "
+                f"(B_star/v_star given for some only, second moments of different kinds, or "
+                f"other sizes); stack problems of one shape class."
+            )
+    return jax.tree.map(lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])), *problems)
 
 
 def warn_theory_conditions(problem: Problem, *, m: int) -> None:

@@ -263,3 +263,25 @@ def test_quick_run_from_cli(tmp_path):
 def test_full_config_all_pass():
     res = C.run_checks(C.FULL, seed=0, progress=False)
     assert [r.id for r in res if r.verdict == "FAIL"] == []
+
+
+def test_toy_batch_equals_the_problems_built_one_by_one():
+    # R12's 10^4-instance toy is built as one batch (stacking 10^4 problems with jnp.stack
+    # compiled for 10 minutes); it must equal the per-instance validated problems.
+    from linfeat.checks._sampling import _toy_problems
+
+    a = np.array([0.1, 0.7, 2.0])
+    batch = _toy_problems(a)
+    for i, ai in enumerate(a):
+        one = lf.problem_from_arrays(
+            X=np.array([[1.0, 0.0]]),
+            Y=np.array([ai]),
+            B0=np.array([[0.0, 1.0]]),
+            B_star=np.array([[1.0, 0.0]]),
+            v_star=np.array([ai]),
+            check_theory=False,
+        )
+        got = jax.tree.map(lambda x: x[i], batch)
+        assert jax.tree.structure(got) == jax.tree.structure(one)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(one)):
+            np.testing.assert_array_equal(g, w)

@@ -82,10 +82,28 @@ def test_make_problem_vmaps_over_key_and_knobs():
 
 def test_problems_from_arrays_stack_and_vmap():
     ps = [lf.problem_from_arrays(**_arrays(seed)) for seed in range(3)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *ps)
+    stacked = lf.stack_problems(ps)
+    reference = jax.tree.map(lambda *xs: jnp.stack(xs), *ps)
+    assert jax.tree.structure(stacked) == jax.tree.structure(reference)
+    for got, want in zip(jax.tree.leaves(stacked), jax.tree.leaves(reference)):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
     got = jax.vmap(lf.linear_probe)(stacked)
     for i, p in enumerate(ps):
         np.testing.assert_allclose(got[i], lf.linear_probe(p), rtol=1e-12)
+
+
+def test_stack_problems_errors_name_the_item():
+    p = lf.problem_from_arrays(**_arrays(0))
+    with pytest.raises(ValueError, match="empty"):
+        lf.stack_problems([])
+    with pytest.raises(ValueError, match=r"problems\[1\]. is a dict"):
+        lf.stack_problems([p, {}])
+    other = _arrays(1)
+    other.pop("B_star"), other.pop("v_star")
+    other["w_star"] = _arrays(1)["B_star"].T @ _arrays(1)["v_star"]
+    with pytest.raises(ValueError, match=r"problems\[1\]. differs"):
+        lf.stack_problems([p, lf.problem_from_arrays(**other)])
 
 
 # ---------------------------------------------------------------- exact reduction

@@ -84,6 +84,9 @@ def extremum_report(ts, f, df, mode: str = "min", scale=None, rec=None) -> dict:
         counts = {
             "instances re-solved on a refined grid (extrema from it)": int(np.sum(~keep)),
             "... of which still unresolved": int(np.sum(rec["unresolved"])),
+            "largest estimated error of a refined extremum (relative to the curve's size)": (
+                float(np.max(rec["refine_err"])) if "refine_err" in rec else 0.0
+            ),
         }
         ts, f, df = (np.asarray(x)[keep] for x in (ts, f, df))
         scale = None if scale is None else np.asarray(scale)[keep]
