@@ -95,6 +95,8 @@ def test_refinement_replaces_an_overshooting_interpolant(monkeypatch):
     assert rec["ood_min"][0] < clean["ood_min"][0] - 1e-3  # the corrupted extremum is wrong
     S._refine_extrema(probs, v0, gt, rec, np.ones(2), False, 2)
     assert rec["refined"].tolist() == [True, False] and not rec["unresolved"].any()
+    # the refined row carries its own error estimate (within the slack here); others have none
+    assert 0.0 <= rec["refine_err"][0] <= S.REFINE_ERR and rec["refine_err"][1] == 0.0
     for name in ("ood_min", "ood_max", "err_min"):
         # the re-solve saves at other times: the same continuous extremum to the Hermite error
         assert rec[name][0] == pytest.approx(clean[name][0], rel=1e-8, abs=1e-14), name
