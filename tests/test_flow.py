@@ -223,6 +223,9 @@ def test_bad_call_arguments(problems, heads):
         lf.fine_tune(p, jnp.zeros(K))
 
 
+# slow (28 s, compile-bound): the default suite keeps tests/test_gradients.py's unit test of
+# the stage clip that fixed this stall.
+@pytest.mark.slow
 def test_huge_head_solves_that_stalled_at_t0_converge():
     """Two full-run `linfeat check` instances (d 40, k 10, m 14, heads of norm 10-13) whose
     first trial steps overflowed: the NaN error estimate made the controller retry at t = 0

@@ -44,7 +44,12 @@ def _pair(key, d, m, k, rank, ood):
     return build(Z), build(Zs)
 
 
-@pytest.mark.parametrize("ood,rank", [("mixture", 2), ("perp", 0), ("isotropic", 3)])
+@pytest.mark.parametrize(
+    "ood,rank",
+    # one OOD kind in the default suite (each case compiles its own shapes); all with -m slow
+    [("mixture", 2), pytest.param("perp", 0, marks=pytest.mark.slow),
+     pytest.param("isotropic", 3, marks=pytest.mark.slow)],
+)  # fmt: skip
 def test_small_basis_is_an_isometric_image_of_the_full_draw(ood, rank):
     full, small = _pair(jax.random.key(3), 60, 7, 3, rank, ood)
     assert small.X.shape[1] == 7 + 6 + rank < full.X.shape[1] == 60
