@@ -220,6 +220,8 @@ def test_stopping_on_separable_data():
     assert abs(float(final.ood - acc.ood)) < 1e-10 and abs(float(fm.id_accuracy - acc.id)) < 1e-10
 
 
+# slow: vmap = loop (11 s); the engine's own vmap test stays in the default suite
+@pytest.mark.slow
 def test_vmap_equals_loop():
     ps = [_problem(s) for s in (7, 8)]
     heads = jax.random.normal(jax.random.key(1), (2, 2), jnp.float64)

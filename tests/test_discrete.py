@@ -66,6 +66,8 @@ def run(problem, v0, **kwargs):
     return train_discrete(problem, v0, num_steps=NUM_STEPS, save_every=SAVE_EVERY, **kwargs)
 
 
+# slow: a convergence-order sweep (12 s); the gd_vs_flow experiment measures the same order
+@pytest.mark.slow
 def test_gd_converges_to_flow_with_order_one(setup):
     """Forward Euler: GD with step eta is within O(eta) of the flow at t = eta * steps."""
     problem, v0, lam = setup

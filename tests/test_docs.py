@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import linfeat as lf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,8 @@ def _code_cells(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", path.read_text(), flags=re.M | re.S)
 
 
+# slow: the tutorial end to end (52 s); the API page and the docs build stay in the default suite
+@pytest.mark.slow
 def test_tutorial_runs(tmp_path):
     """Runs the tutorial's cells in order, as one script, in a fresh process (its own x64)."""
     cells = _code_cells(DOCS / "tutorial.md")

@@ -147,6 +147,8 @@ class _DenseFineTune(AbstractFlow):
         return FineTune().field(y, args)
 
 
+# slow: the generic dense-Jacobian fallback (13 s); the structured solve is what every flow uses
+@pytest.mark.slow
 def test_generic_flow_fallback_matches_structured_solve():
     p = lf.make_problem(jax.random.key(5), d=30, k=3, m=5, n=5, feature_error=0.4)
     v0 = jax.random.normal(jax.random.key(6), (3,))

@@ -136,6 +136,8 @@ def test_linear_probe_min_norm_when_not_unique():
     assert float(lf.linear_probe(p)[1]) == 0.0  # minimum norm from v0 = 0
 
 
+# slow: R10 is asserted by linfeat check (tests/test_checks.py) on its own instances
+@pytest.mark.slow
 def test_R10_lp_ft_stationary_with_perfect_features(problems):
     """R10/R4: B0 = B* -> LP recovers a*, LP-FT does not move, OOD error 0 for all t."""
     p = _one(problems, 0)  # feature_error = 0

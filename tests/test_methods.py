@@ -146,6 +146,9 @@ def test_lp_stage_closed_form_with_null_space():
         assert abs(float(got[1]) - v0[1]) < rounding(np.float64)  # null-space part fixed
 
 
+# slow: WiSE-FT's quartic and frozen S-perp features are asserted by check M1
+# (tests/test_checks.py)
+@pytest.mark.slow
 def test_wise_ft_polynomials_and_frozen_perp(problem):
     """OOD error: quartic in alpha (weights), convex quadratic (outputs), vs NumPy in R^d."""
     p, v0 = problem

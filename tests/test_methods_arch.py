@@ -100,6 +100,8 @@ def test_surgical_matches_closed_form_expm_and_full_space(prob):
     assert e_inf @ e_inf < e_lp @ e_lp
 
 
+# slow: vmap = loop (11 s); the engine's own vmap test stays in the default suite
+@pytest.mark.slow
 def test_surgical_vmap_equals_loop(prob):
     heads = np.array([[0.8, -0.5], [0.3, 1.1], [-1.2, 0.2]])
     batched = jax.vmap(lambda v: M.surgical_fine_tune(prob["p"], v, ts=TS, **TIGHT))(heads)

@@ -522,6 +522,8 @@ def test_r12_toy_against_ode(a, v0):
 # ---------------------------------------------------------------------------------------
 
 
+# slow: vmap = loop (10 s); the bounds are vmapped by linfeat check in tests/test_checks.py
+@pytest.mark.slow
 def test_vmap_equals_loop():
     """vmap over instances equals a Python loop of single-instance (jitted) calls."""
     rng = np.random.default_rng(10)

@@ -58,6 +58,9 @@ def _problem(rng, *, d, k, n, rank, cov):
         )
 
 
+# slow: a compile-bound regression case (8-22 s); linfeat check's rows and
+# tests/test_theory_bounds.py cover the same wrappers
+@pytest.mark.slow
 def test_issue_case_sigma_inside_S_has_lambda_min_zero():
     """d = 10, m = 4, n = 12, Sigma = Pi_S ("inside"): lambda_min = 0, not 1."""
     p = lf.make_problem(jax.random.PRNGKey(0), d=10, k=2, m=4, n=12, ood="inside")
@@ -71,6 +74,9 @@ def test_issue_case_sigma_inside_S_has_lambda_min_zero():
     assert float(bounds.rigorous) == 0.0  # ... but Sigma sees S only: no bound on sqrt(L_ood)
 
 
+# slow: a compile-bound regression case (8-22 s); linfeat check's rows and
+# tests/test_theory_bounds.py cover the same wrappers
+@pytest.mark.slow
 def test_issue_case_rigorous_bound_not_violated_by_fine_tuning():
     """The same problem, actual FT run: sqrt(L_ood(t)) >= rigorous bound at every saved t.
 
@@ -89,9 +95,10 @@ def test_issue_case_rigorous_bound_not_violated_by_fine_tuning():
     "n, d, rank, want",
     [
         (12, 10, 4, "min"),  # n >= d, rank < d: S-perp is not empty
-        (12, 10, 10, "S"),  # full rank: S = R^d, lambda_min = scale_S
-        (6, 10, 4, "min"),  # n < d (unchanged)
-        (10, 10, 9, "min"),  # square, rank-deficient
+        # the other cases compile their own shapes (4-11 s each): -m slow
+        pytest.param(12, 10, 10, "S", marks=pytest.mark.slow),  # full rank: S = R^d
+        pytest.param(6, 10, 4, "min", marks=pytest.mark.slow),  # n < d (unchanged)
+        pytest.param(10, 10, 9, "min", marks=pytest.mark.slow),  # square, rank-deficient
     ],
 )
 def test_lambda_min_follows_rank(n, d, rank, want):
@@ -105,6 +112,9 @@ def test_lambda_min_follows_rank(n, d, rank, want):
     assert float(jax.jit(theory.problem_constants)(p, jnp.zeros(2)).lam_min) == expected
 
 
+# slow: a compile-bound regression case (8-22 s); linfeat check's rows and
+# tests/test_theory_bounds.py cover the same wrappers
+@pytest.mark.slow
 def test_lambda_min_rank_under_vmap():
     """Same shapes, different ranks in one batch: the rank is traced, the choice per problem."""
     rng = np.random.default_rng(5)
@@ -116,6 +126,9 @@ def test_lambda_min_rank_under_vmap():
     np.testing.assert_array_equal(np.asarray(jax.vmap(theory.numerical_rank)(batch.X)), [4, 10, 7])
 
 
+# slow: a compile-bound regression case (8-22 s); linfeat check's rows and
+# tests/test_theory_bounds.py cover the same wrappers
+@pytest.mark.slow
 def test_numerical_rank_against_numpy():
     rng = np.random.default_rng(7)
     for n, d, r in [(3, 8, 3), (8, 3, 3), (12, 10, 4), (10, 10, 10), (5, 9, 2), (9, 9, 1)]:
@@ -124,6 +137,9 @@ def test_numerical_rank_against_numpy():
     assert int(theory.numerical_rank(np.zeros((3, 4)))) == 0
 
 
+# slow: a compile-bound regression case (8-22 s); linfeat check's rows and
+# tests/test_theory_bounds.py cover the same wrappers
+@pytest.mark.slow
 def test_dense_sigma_lambda_min_clipped_at_zero():
     """A dense PSD Sigma = Pi_perp: eigvalsh gives ~ -1e-16, the constants report 0 and the
     rigorous bound is 0, not NaN (sqrt of a negative)."""
@@ -137,6 +153,9 @@ def test_dense_sigma_lambda_min_clipped_at_zero():
     assert np.isfinite(float(theory.r5_bounds(p, jnp.zeros(2)).rigorous))
 
 
+# slow: a compile-bound regression case (8-22 s); linfeat check's rows and
+# tests/test_theory_bounds.py cover the same wrappers
+@pytest.mark.slow
 def test_problem_level_wrappers_accept_generated_problems():
     """Eager calls validate the computed constants: rounding at eps = sqrt(2), c <= 1 and float32
     must not trip the range checks."""
