@@ -93,7 +93,7 @@ class Config:
     eps_zero_weight: int = 1
     a_grid: tuple[float, ...] = (0.3, 1.0, 3.0)
     sigma_grid: tuple[float, ...] = (0.1, 1.0, 3.0)
-    full_mode: Group = Group(12, 3, 5, reps=1)  # R1, R2 and T2: a rep is one knob combination each
+    full_mode: Group = Group(12, 3, 5, reps=1)  # R1, R2, T2: `reps` draws per knob combination
     k1: Group = Group(12, 1, 4, reps=64)  # T1: `reps` whitened k = 1 instances
     # T3: `reps` lambda-balanced instances in (d, m), split over the widths (one compiled FT
     # program per width; the group's k is the largest width)
