@@ -265,7 +265,7 @@ def bartlett_embedding(key: PRNGKeyArray, d: int, c: int, dtype) -> Float[Array,
     Bartlett's decomposition (docs/theory.md, section 1.7): $Z^TZ \sim W_c(d, I)$ has the
     Cholesky factor $T$ (lower triangular) with independent entries $T_{ii}^2 \sim
     \chi^2_{d-i}$ (i = 0, ..., c - 1) and $T_{ij} \sim N(0, 1)$ below the diagonal, and
-    $Z = E\,T^T$ for an isometry $E: R^c 	o R^d$. Everything linfeat computes from Z is
+    $Z = E\,T^T$ for an isometry $E: R^c \to R^d$. Everything linfeat computes from Z is
     equivariant under left-isometries, so $Z' = T^T$ gives the same problem in the coordinates
     of E, at $O(c^3)$ cost whatever d is. Needs $c \le d$.
     """

@@ -232,8 +232,8 @@ def stack_problems(problems) -> Problem:
 
     The stack is done on the host with NumPy, one copy per leaf. `jax.tree.map(jnp.stack,
     *problems)` gives the same arrays, but it compiles an XLA concatenation with one operand
-    per problem, whose compile time grows with their number: 10,000 problems took 600 s
-    (measured on 2 CPU cores), against under a second here.
+    per problem, whose compile time grows with their number (for the 10^4 toy problems of
+    `linfeat check`'s R12 it was most of that stage; CHANGELOG.md).
 
     Args:
         problems: a non-empty sequence of `Problem`s with the same shapes, dtypes and
