@@ -54,13 +54,35 @@ def test_report_section_marks_a_stale_score():
     assert "No record" in "\n".join(M.markdown_section(None))
 
 
+def test_refresh_report_rewrites_only_the_mutation_section(tmp_path):
+    rec = dict(
+        command="linfeat check --quick", source_hash=M.source_hash(), caught=2, total=2,
+        clean=dict(outcome="survived"), date="d", jobs=2,
+        mutants=[dict(name=n, bug="b", outcome="caught", failed=["T1"], seconds=1.0)
+                 for n in ("new-a", "new-b")],
+    )  # fmt: skip
+    before = ["# Report", "", "## R1: x", "body", "", "## Mutation testing", "", "- old row", ""]
+    for after in ([], ["## Z: later", "kept", ""]):
+        path = tmp_path / "report.md"
+        path.write_text("\n".join(before + after))
+        M.refresh_report(str(path), rec)
+        text = path.read_text()
+        assert text.startswith("# Report\n\n## R1: x\nbody\n\n## Mutation testing\n")
+        assert "old row" not in text and "| new-b |" in text and "**2 of 2**" in text
+        assert text.endswith("\n".join(after)) and text.count("## Mutation testing") == 1
+    path.write_text("# Report\n")  # no section yet: appended
+    M.refresh_report(str(path), rec)
+    assert path.read_text().startswith("# Report\n") and "| new-a |" in path.read_text()
+
+
 def _by_name(*names):
     return tuple(m for m in M.MUTANTS if m.name in names)
 
 
 def test_time_scale_and_sign_bugs_are_caught_by_the_trajectory_oracle():
     mutants = _by_name("time x 2") + _by_name("gradient sign")
-    rec = M.run_mutants(mutants, ["--quick", "--only", "T1"], progress=False)
+    # two at a time: the parallel path of `linfeat mutate --jobs`, rows kept in input order
+    rec = M.run_mutants(mutants, ["--quick", "--only", "T1"], progress=False, jobs=2)
     assert rec["clean"]["outcome"] == "survived", rec["clean"]
     assert [(r["outcome"], r["failed"]) for r in rec["mutants"]] == [("caught", ["T1"])] * 2
 

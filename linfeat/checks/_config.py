@@ -130,7 +130,7 @@ FULL = Config(
         Group(24, 10, 11, reps=25, spd=True),
     ),
     eps_zero_weight=3,
-    full_mode=Group(12, 3, 5, reps=280),
+    full_mode=Group(12, 3, 5, reps=190),  # 10,260 full-space flows (T2, R1): >= 10^4
     k1=Group(24, 1, 8, reps=10_000),
     riccati=Group(16, 5, 8, reps=512),
     riccati_widths=(1, 2, 3, 5),

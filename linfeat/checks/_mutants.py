@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .._io import atomic_write_text
@@ -231,8 +232,14 @@ def run_mutants(
     check_args=DEFAULT_CHECK_ARGS,
     timeout: float = 1800.0,
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict:
-    """The clean copy, then every mutant, through `linfeat check <check_args>`; a record."""
+    """The clean copy, then every mutant, through `linfeat check <check_args>`; a record.
+
+    `jobs` mutants run at once (separate processes) after the clean copy has filled the
+    shared compilation cache. Two mutants never write the same cache entry (a program they
+    both leave unchanged was compiled by the clean copy; a program one of them changes has
+    its own key), and a run's verdict does not depend on the others."""
     check_args = list(check_args)
     with tempfile.TemporaryDirectory(prefix="linfeat-mutants-") as work:
         snapshot, cache = Path(work) / "linfeat", Path(work) / "jax-cache"
@@ -243,16 +250,21 @@ def run_mutants(
         clean = _run_copy(None, check_args + _only(mutants, check_args), timeout, snapshot, cache)
         if progress:
             print(f"clean copy: {clean['outcome']} ({clean['seconds']:.0f} s)", file=sys.stderr)
-        rows = []
-        for i, m in enumerate(mutants):
+        done = []
+
+        def one(m):
             res = _run_copy(m, check_args + _only([m], check_args), timeout, snapshot, cache)
-            rows.append(dict(name=m.name, path=m.path, bug=m.bug, **res))
+            done.append(m.name)
             if progress:
                 print(
-                    f"[{i + 1}/{len(mutants)}] {m.name}: {res['outcome']} "
+                    f"[{len(done)}/{len(mutants)}] {m.name}: {res['outcome']} "
                     f"({', '.join(res['failed']) or '-'}; {res['seconds']:.0f} s)",
                     file=sys.stderr,
                 )
+            return dict(name=m.name, path=m.path, bug=m.bug, **res)
+
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            rows = list(pool.map(one, mutants))  # in the order of `mutants`
         digest = source_hash(snapshot)
     caught = sum(r["outcome"] == "caught" for r in rows)
     return dict(
@@ -263,6 +275,7 @@ def run_mutants(
         caught=caught,
         total=len(rows),
         score=caught / max(len(rows), 1),
+        jobs=max(1, jobs),
     )
 
 
@@ -284,7 +297,8 @@ def markdown_section(record: dict | None) -> list[str]:
         f"- Recorded on {record.get('date', '?')} for package source {record['source_hash']}"
         + state,
         "- Harness: `linfeat/checks/_mutants.py` (one edit per mutant, applied to a copy of the "
-        "package, `linfeat check` in a fresh process).",
+        "package, `linfeat check` in a fresh process; "
+        f"{record.get('jobs', 1)} at a time, so the times below include that sharing).",
         "",
         "| mutant | bug | outcome | failing checks | s |",
         "|---|---|---|---|---:|",
@@ -295,6 +309,22 @@ def markdown_section(record: dict | None) -> list[str]:
             f"{r['seconds']:.0f} |"
         )
     return lines + [""]
+
+
+def refresh_report(path: str, record: dict) -> None:
+    """Replaces the "## Mutation testing" section of the report at `path` (written by
+    `linfeat check`) by `markdown_section(record)`; the rest of the report is unchanged.
+    A report without that section gets it appended."""
+    lines = Path(path).read_text().split("\n")
+    head = "## Mutation testing"
+    if head in lines:
+        start = lines.index(head)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), None)
+        tail = lines[end:] if end is not None else []
+        lines = lines[:start] + markdown_section(record) + tail
+    else:
+        lines = lines + [""] + markdown_section(record)
+    atomic_write_text(path, "\n".join(lines))
 
 
 def load(path: str = DEFAULT_OUT) -> dict | None:
@@ -313,6 +343,15 @@ def add_arguments(parser) -> None:
         help="arguments of each `linfeat check` run",
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="mutants run at once (after the clean copy)"
+    )
+    parser.add_argument(
+        "--report",
+        default="paper_checks.md",
+        help="a report of `linfeat check` whose mutation section is rewritten from the new "
+        "record, if the file exists ('' for none)",
+    )
 
 
 def run(args) -> int:
@@ -326,10 +365,16 @@ def run(args) -> int:
                   f"{', '.join(m.name for m in MUTANTS)}.")  # fmt: skip
             return 2
         mutants = tuple(m for m in MUTANTS if m.name in names)
-    record = run_mutants(mutants, args.check_args.split(), args.timeout)
+    if args.jobs < 1:
+        print(f"linfeat mutate: --jobs must be >= 1, got {args.jobs}.")
+        return 2
+    record = run_mutants(mutants, args.check_args.split(), args.timeout, jobs=args.jobs)
     record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(record, indent=1))
     print(f"mutation score {record['caught']}/{record['total']}; wrote {args.out}")
+    if args.report and Path(args.report).exists():
+        refresh_report(args.report, record)
+        print(f"rewrote the mutation section of {args.report}")
     ok = record["clean"]["outcome"] == "survived" and record["caught"] == record["total"]
     return 0 if ok else 1
