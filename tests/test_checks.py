@@ -223,6 +223,18 @@ def test_report_and_exit_status(results, tmp_path, monkeypatch):
         assert json.loads((tmp_path / "r.json").read_text())["results"]
 
 
+def test_section_times_add_the_stages_each_section_needs():
+    from linfeat.checks import _run as R
+
+    rec = lambda rid, secs: types.SimpleNamespace(id=rid, seconds=secs)  # noqa: E731
+    timings = {R.COLLECT_STAGE: 100.0, "k1": 10.0, "full": 20.0, "m5": 3.0, "cls": 7.0}
+    results = [rec("T1", 1.0), rec("R1", 2.0), rec("M5", 0.5), rec("C1", 0.25)]
+    got = R.section_seconds(timings, results, R.NEEDS_EXTRA)
+    assert got == {"T1-T3 and R1-R13": 133.0, "M1-M8": 3.5, "C1-C6": 7.25}
+    # a section none of whose checks ran is left out (`--only`), and M/C never pay the sampling
+    assert R.section_seconds(timings, results[2:3], R.NEEDS_EXTRA) == {"M1-M8": 3.5}
+
+
 def test_import_linfeat_does_not_need_matplotlib():
     code = "import linfeat, linfeat.theory, linfeat.checks, sys; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -125,6 +125,9 @@ def write_markdown(
     """paper_checks.md: header (how it was generated), summary table, one section per result."""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     v = env["versions"]
+    timings = timings or {}
+    sections = {k[8:]: x for k, x in timings.items() if k.startswith("section ")}
+    stages = {k: x for k, x in timings.items() if not k.startswith("section ")}
     lines = [
         "# paper_checks.md: every result of docs/theory.md as an executable check",
         "",
@@ -151,8 +154,10 @@ def write_markdown(
         f"kind), per shape group. 'min over t' is over {SAVES} saved, log-spaced times (8 per "
         "interval of the library's default 64), and each check says how far the extremum moved "
         "from the 64-point grid.",
-        "- Stage times (s): "
-        + (", ".join(f"{k} {v:.1f}" for k, v in (timings or {}).items()) or "-")
+        "- Stage times (s): " + (", ".join(f"{k} {v:.1f}" for k, v in stages.items()) or "-") + ".",
+        "- Time by section (its stages and its checks; docs/theory.md section 7 sets 15 minutes "
+        "on 2 cores for T1-T3 and R1-R13 in the full run): "
+        + (", ".join(f"{k} {v:.1f} s ({v / 60:.1f} min)" for k, v in sections.items()) or "-")
         + ".",
         "",
         "## Summary",

@@ -42,6 +42,47 @@ ALL_IDS += tuple(f"M{i}" for i in range(1, 9))
 ALL_IDS += CLS_IDS
 # the ids whose checks read the sampled groups (`collect`); the others draw their own instances
 NEEDS_COLLECT = frozenset(f"R{i}" for i in range(1, 14))
+# the extra stages each check id needs (each runs once, before the checks)
+NEEDS_EXTRA = {
+    "k1": {"T1"},
+    "riccati": {"T3"},
+    "full": {"R1", "R2", "T2"},
+    "lp_flow": {"R4"},
+    "counterexample": {"R5"},
+    "search_printed": {"R5"},
+    "search_rigorous": {"R5"},
+    "printed_family": {"R5"},
+    "toy": {"R12"},
+    "m5": {"M5"},
+    "m6": {"M6"},
+    "m8": {"M8"},
+    "cls": set(CLS_IDS),
+}
+# the report's time per section: the stages a section's ids need and its checks' own time
+SECTIONS = {
+    "T1-T3 and R1-R13": frozenset(ALL_IDS[:16]),
+    "M1-M8": frozenset(f"M{i}" for i in range(1, 9)),
+    "C1-C6": frozenset(CLS_IDS),
+}
+
+
+def section_seconds(timings: dict, results, needs: dict) -> dict:
+    """Wall-clock seconds per `SECTIONS` entry: every stage whose ids lie in the section
+    (the sampled groups count for R1-R13) plus the section's checks. A stage that fed two
+    sections would count in both; none does."""
+    out = {}
+    for name, ids in SECTIONS.items():
+        stages = [k for k, need in needs.items() if need & ids]
+        secs = sum(timings.get(k, 0.0) for k in stages)
+        if ids & NEEDS_COLLECT:
+            secs += timings.get(COLLECT_STAGE, 0.0)
+        checks = [r.seconds for r in results if r.id in ids]
+        if checks:
+            out[name] = secs + sum(checks)
+    return out
+
+
+COLLECT_STAGE = "sample and solve (all groups)"
 
 
 def run_checks(
@@ -54,21 +95,7 @@ def run_checks(
     timings = {} if timings is None else timings
 
     only = set(ALL_IDS if not only else only)
-    needs_extra = {
-        "k1": {"T1"},
-        "riccati": {"T3"},
-        "full": {"R1", "R2", "T2"},
-        "lp_flow": {"R4"},
-        "counterexample": {"R5"},
-        "search_printed": {"R5"},
-        "search_rigorous": {"R5"},
-        "printed_family": {"R5"},
-        "toy": {"R12"},
-        "m5": {"M5"},
-        "m6": {"M6"},
-        "m8": {"M8"},
-        "cls": set(CLS_IDS),
-    }
+    needs_extra = NEEDS_EXTRA
     # the sampled groups feed R1-R13 (and R1, R2 with T2's full-space runs); T1-T3 and the
     # method checks alone run only their own instances
     sampled = bool(only & NEEDS_COLLECT)
@@ -88,7 +115,7 @@ def run_checks(
     if sampled:
         bar.set_postfix_str("sampling and solving")
         data = collect(cfg, seed, progress=bar)
-        timings["sample and solve (all groups)"] = time.perf_counter() - t0
+        timings[COLLECT_STAGE] = time.perf_counter() - t0
     extra = {"v0_norm2": None, "cfg": cfg, "seed": seed, "m_cfg": cfg}
     extra_fns = {
         "k1": lambda: _extra_k1(cfg, seed),
@@ -158,6 +185,8 @@ def run_checks(
     bar.close()
     results_time = time.perf_counter() - t0
     timings["checks (post-processing)"] = sum(r.seconds for r in results)
+    for name, secs in section_seconds(timings, results, needs_extra).items():
+        timings[f"section {name}"] = secs
     for r in results:
         r.numbers.setdefault("_total_seconds", results_time)
     return results
