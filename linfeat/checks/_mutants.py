@@ -297,8 +297,13 @@ def markdown_section(record: dict | None) -> list[str]:
         f"- Recorded on {record.get('date', '?')} for package source {record['source_hash']}"
         + state,
         "- Harness: `linfeat/checks/_mutants.py` (one edit per mutant, applied to a copy of the "
-        "package, `linfeat check` in a fresh process; "
-        f"{record.get('jobs', 1)} at a time, so the times below include that sharing).",
+        "package, `linfeat check` in a fresh process"
+        + (
+            f"; {record['jobs']} mutants at a time on the same cores, so their times below "
+            "include that sharing)."
+            if record.get("jobs", 1) > 1
+            else ")."
+        ),
         "",
         "| mutant | bug | outcome | failing checks | s |",
         "|---|---|---|---|---:|",
