@@ -223,6 +223,30 @@ def test_report_and_exit_status(results, tmp_path, monkeypatch):
         assert json.loads((tmp_path / "r.json").read_text())["results"]
 
 
+def test_run_ordered_returns_the_records_in_the_given_order(monkeypatch):
+    from linfeat.checks import _sampling as S
+
+    def record(x, y):  # per-lane outputs of several ranks, like a flow record
+        return dict(s=jnp.sum(x) + y, row=x * y, mat=jnp.outer(x, x))
+
+    monkeypatch.setitem(S._RECORDS, "test_record", record)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(11, 3)))
+    y = jnp.arange(11.0)
+    plain = S._run_chunked("test_record", 4, x, y)
+    order = np.random.default_rng(1).permutation(11)
+    got = S._run_ordered("test_record", 4, order, x, y)
+    assert set(got) == set(plain)
+    for k in plain:  # the same record for every lane, in the original lane order
+        np.testing.assert_array_equal(got[k], plain[k])
+    lanes = np.asarray(x)[:, 0] * np.asarray(y)
+    np.testing.assert_array_equal(got["row"][:, 0], lanes)
+    # the orders of `collect`: permutations that put equal knobs next to each other
+    meta = dict(eps_knob=np.tile([0.0, 0.1], 6), a_knob=np.ones(12), sigma=np.repeat([0.1, 3.0], 6))
+    ft, lpft = S._lane_orders(meta)
+    assert sorted(ft) == sorted(lpft) == list(range(12))
+    assert np.all(np.diff(meta["eps_knob"][lpft]) >= 0) and np.all(np.diff(meta["sigma"][ft]) >= 0)
+
+
 def test_section_times_add_the_stages_each_section_needs():
     from linfeat.checks import _run as R
 
