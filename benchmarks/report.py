@@ -259,6 +259,28 @@ def render(res: dict) -> str:
                       [f"| {r['method']} | {r['batch']} | {r['d']} | {r['k']} | {r['m']} | {r['run_s']:.3f} | "
                        f"{r['traj_per_s']:.1f} | {r['compile_s']:.1f} | {r['steps_mean']:.0f} / {r['steps_max']} | "
                        f"{r['converged']:.1%} |" for r in methods])  # fmt: skip
+    if res.get("setup"):
+        out += ["From keys to per-lane metrics (`jax.jit(jax.vmap(lf.make_problem))`, then `fine_tune_batch` "
+                "with metrics; set-up second call, solve = first call minus JAX-reported compile):", ""]  # fmt: skip
+        out += _table("basis | batch | d | k | m | n | columns | set-up ms / problem | solve s | steps mean | converged | end to end traj/s", "lrrrrrrrrrrr",
+                      [f"| {r['basis']} | {r['batch']} | {r['d']} | {r['k']} | {r['m']} | {r['n']} | {r['columns']} | "
+                       f"{r['setup_per_problem_ms']:.2f} | {r['solve_s']:.2f} | {r['steps_mean']:.0f} | {r['converged']:.1%} | "
+                       f"{r['end_to_end_traj_per_s']:.1f} |" for r in res["setup"]])  # fmt: skip
+    sb = res.get("setup_billion")
+    if sb:
+        out += [f"d = {sb['d']:.0e} (`basis=\"{sb['basis']}\"`, k {sb['k']}, m {sb['m']}): `make_problem` "
+                f"{sb['make_problem_s'] * 1e3:.1f} ms + `fine_tune` {sb['solve_s'] * 1e3:.1f} ms (second calls; "
+                f"compile {sb['make_problem_compile_s']:.1f} s + {sb['solve_compile_s']:.1f} s), {sb['steps']} steps, "
+                f"status {sb['status']}.", ""]  # fmt: skip
+    if res.get("grad"):
+        out += [
+            "Value + `jax.grad` of a batch-mean OOD error against the value alone (second calls):",
+            "",
+        ]
+        out += _table("knob | batch | forward s | value + grad s | ratio | compile s (forward / grad) | finite | value match", "lrrrrrlr",
+                      [f"| {r['knob']} | {r['batch']} | {r['forward_s']:.3f} | {r['value_and_grad_s']:.3f} | "
+                       f"{r['ratio']:.1f} | {r['forward_compile_s']:.1f} / {r['grad_compile_s']:.1f} | "
+                       f"{'yes' if r['grad_finite'] else 'NO'} | {r['value_match']:.1e} |" for r in res["grad"]])  # fmt: skip
     mm = res.get("memory")
     if mm:
         if "peak_rss_gb" in mm:
@@ -340,8 +362,98 @@ def targets(res: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+# Issue #14's targets (2 cores, float64)
+KEYS_TO_METRICS_MIN = 3000.0  # `small`, b = 4096, keys to per-lane metrics, traj/s
+ARRAYS_MIN = 1000.0  # problems from arrays, end to end, traj/s
+DOP853_MIN = 200.0  # linfeat / SciPy DOP853 loop on the full state
+STIFF_MIN = 20.0  # linfeat / best SciPy stiff solver on the reduced state
+GRAD_MAX = 4.0  # value + grad over the forward cost
+BILLION_MAX_S = 1.0  # d = 1e9 make_problem + solve, seconds
+
+
+def targets_speed(res: dict) -> str:
+    """Issue #14's targets with this run's numbers and a verdict each (rows only for the
+    sections the run has; the roofline row says what is not measured)."""
+    out = ["| #14 target | measured in this run | verdict |", "|---|---|---|"]
+
+    def row(target, txt, ok):
+        out.append(f"| {target} | {txt} | {'met' if ok else 'missed'} |")
+
+    setup = [r for r in res.get("setup", []) if r["batch"] == 4096] or res.get("setup", [])
+    if setup:
+        best = max(setup, key=lambda r: r["end_to_end_traj_per_s"])
+        txt = "; ".join(
+            f"basis {r['basis']}: {r['end_to_end_traj_per_s']:.0f} traj/s (b {r['batch']})"
+            for r in setup
+        )
+        row(f"`small`, b = 4096, keys to per-lane metrics >= {KEYS_TO_METRICS_MIN:,.0f} traj/s", txt,
+            best["end_to_end_traj_per_s"] >= KEYS_TO_METRICS_MIN)  # fmt: skip
+    wl = res.get("workloads", {}).get("from_arrays")
+    arr = [r for r in res.get("natural_vs_batch", []) if r["workload"] == "from_arrays"]
+    if wl and arr:
+        per = wl["setup_s"] / wl["b"]  # problem_from_arrays + stacking, per problem
+
+        def e2e(r):
+            return 1.0 / (per + r["run_s"] / r["batch"])
+
+        on = [r for r in arr if r["with_metrics"]]
+        off = [r for r in arr if not r["with_metrics"]]
+        best_on = max(on, key=e2e) if on else None
+        best_off = max(off, key=e2e) if off else None
+        txt = f"set-up {per * 1e3:.1f} ms / problem; best path with metrics " + (
+            f"{e2e(best_on):.0f} traj/s ({best_on['path']})" if best_on else "not measured"
+        )
+        if best_off:
+            txt += f", without {e2e(best_off):.0f} traj/s ({best_off['path']})"
+        row(f"problems from `problem_from_arrays`, end to end (with metrics) >= {ARRAYS_MIN:,.0f} traj/s", txt,
+            best_on is not None and e2e(best_on) >= ARRAYS_MIN)  # fmt: skip
+    base = res.get("baselines")
+    ref = _linfeat_batch_reference(res)
+    if base and ref:
+        rows = [r for r in base["rows"] if "error" not in r and r["ok"]]
+        dop = [r for r in rows if "DOP853" in r["method"]]
+        stiff = [r for r in rows if r["method"].startswith("scipy") and "reduced" in r["method"]]
+        if dop:
+            x = ref["traj_per_s"] / max(r["traj_per_s"] for r in dop)
+            row(
+                f"linfeat >= {DOP853_MIN:.0f}x the SciPy DOP853 loop (same instances, same run)",
+                f"{x:.0f}x ({ref['traj_per_s']:.0f} traj/s vs {dop[0]['traj_per_s']:.2f})",
+                x >= DOP853_MIN,
+            )
+        if stiff:
+            b = max(stiff, key=lambda r: r["traj_per_s"])
+            x = ref["traj_per_s"] / b["traj_per_s"]
+            row(
+                f"linfeat >= {STIFF_MIN:.0f}x the best SciPy stiff solver on the reduced state",
+                f"{x:.0f}x against {b['method']} ({b['traj_per_s']:.2f} traj/s at rtol {b['rtol']:.0e})",
+                x >= STIFF_MIN,
+            )
+    if res.get("grad"):
+        worst = max(res["grad"], key=lambda r: r["ratio"])
+        txt = "; ".join(
+            f"{r['knob']}: {r['ratio']:.1f}x{'' if r['grad_finite'] else ' (non-finite)'}"
+            for r in res["grad"]
+        )
+        row(
+            f"value + grad of a batch <= {GRAD_MAX:.0f}x the forward cost",
+            txt,
+            worst["ratio"] <= GRAD_MAX and all(r["grad_finite"] for r in res["grad"]),
+        )
+    sb = res.get("setup_billion")
+    if sb:
+        row(f"d = 1e9 `make_problem` + solve in under {BILLION_MAX_S:.0f} s",
+            f"{sb['total_s'] * 1e3:.1f} ms after compilation ({sb['make_problem_compile_s'] + sb['solve_compile_s']:.1f} s "
+            f"to compile), status {sb['status']}", sb["total_s"] < BILLION_MAX_S and sb["status"] == 0)  # fmt: skip
+    m = res.get("machine", {})
+    if "peak_flops_measured" in m:
+        out.append(f"| achieved FLOP/s against the measured roofline | roofline {m['peak_flops_measured'] / 1e9:.1f} "
+                   "GFLOP/s (f64 matmul); the solver's achieved FLOP/s is not measured by the runner | not measured |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 if __name__ == "__main__":
     path = sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).with_name("results.json"))
     res = json.load(open(path))
     print(render(res))
     print(targets(res))
+    print(targets_speed(res))

@@ -170,3 +170,85 @@ def test_render_every_section():
                    "linfeat / baseline", "d-scaling", "peak RSS 2.80 GB"):  # fmt: skip
         assert needle in text
     assert "| small | 4096 | on | 300.0 | 400.0 | 0.75 |" in text
+
+
+def speed_result(*, keys=(90.0, 100.0), grad=(10.8, 6.8), finite=True, billion_s=0.0084,
+                 arrays_setup_s=51.2, lsoda=8.0, dop=0.27):  # fmt: skip
+    """A synthetic run with #14's sections: setup, setup_billion, grad, from_arrays, baselines."""
+    res = result()
+    res["setup"] = [
+        dict(basis=b, batch=4096, d=200, k=10, m=20, n=20, columns=c, setup_per_problem_ms=0.7,
+             solve_s=40.0, steps_mean=170.0, converged=0.98, end_to_end_traj_per_s=t)
+        for b, c, t in zip(("full", "small"), (200, 40), keys, strict=True)
+    ]  # fmt: skip
+    res["setup_billion"] = dict(
+        d=10**9, k=10, m=20, n=20, basis="small", make_problem_s=0.0018, solve_s=billion_s - 0.0018,
+        make_problem_compile_s=2.7, solve_compile_s=6.8, total_s=billion_s, steps=48, status=0,
+    )  # fmt: skip
+    res["grad"] = [
+        dict(knob=f"knob {i}", batch=256, forward_s=1.0, value_and_grad_s=r, ratio=r,
+             forward_compile_s=9.0, grad_compile_s=35.0, grad_finite=finite, value_match=0.0)
+        for i, r in enumerate(grad)
+    ]  # fmt: skip
+    res["workloads"] = dict(
+        from_arrays=dict(
+            kind="from_arrays", b=1024, d=200, k=10, n=20, cond_M=10.0, ood="dense random SPD",
+            T=0.0067, num_save=32, generate_s=14.0, problem_from_arrays_s=arrays_setup_s,
+            stack_s=0.0, setup_s=arrays_setup_s,
+        )
+    )  # fmt: skip
+    res["machine"] = dict(peak_flops_measured=9.5e10)
+    rows = res["baselines"]["rows"]
+    rows[0] = dict(rows[0], method="scipy LSODA, reduced state", traj_per_s=lsoda)
+    rows.append(dict(rows[0], method="scipy DOP853, full state", traj_per_s=dop))
+    return res
+
+
+def speed_verdicts(res):
+    lines = report.targets_speed(res).splitlines()[2:]
+    return {line.split("|")[1].strip()[:16]: line.rsplit("|", 2)[1].strip() for line in lines}
+
+
+def test_speed_targets_are_computed_from_the_run():
+    v = speed_verdicts(speed_result())
+    # keys to metrics 100 < 3000; grad 10.8x > 4x; d = 1e9 in 8.4 ms; from arrays: 1024 lanes in
+    # 51.2 s of set-up plus 2.56 s of solve (400 traj/s) -> 19 traj/s; baselines: the no-metrics
+    # batch row at b = 4096 (400 traj/s) is 50x LSODA (>= 20: met), 1481x DOP853 (met)
+    assert v == {
+        "`small`, b = 409": "missed",
+        "problems from `p": "missed",
+        "linfeat >= 200x ": "met",
+        "linfeat >= 20x t": "met",
+        "value + grad of ": "missed",
+        "d = 1e9 `make_pr": "met",
+        "achieved FLOP/s ": "not measured",
+    }
+    text = report.targets_speed(speed_result())
+    assert "19 traj/s (batch)" in text and "50x against scipy LSODA" in text and "1481x" in text
+    # each verdict flips with its number
+    fast = speed_result(keys=(3000.0, 3500.0), grad=(3.9, 2.0), arrays_setup_s=0.1, lsoda=25.0)
+    assert speed_verdicts(fast)["problems from `p"] == "missed"  # 400 traj/s solve < 1000
+    fast["natural_vs_batch"][-1] = nvb("from_arrays", 1024, "batch", True, 2000.0)
+    v = speed_verdicts(fast)
+    assert v["`small`, b = 409"] == "met" and v["value + grad of "] == "met"
+    assert v["problems from `p"] == "met"  # 1 / (0.1 ms + 0.5 ms) = 1674 traj/s
+    assert v["linfeat >= 20x t"] == "missed"  # 400 / 25 = 16x
+    assert (
+        speed_verdicts(speed_result(grad=(2.0, 3.0), finite=False))["value + grad of "] == "missed"
+    )
+    assert speed_verdicts(speed_result(billion_s=1.5))["d = 1e9 `make_pr"] == "missed"
+
+
+def test_render_speed_sections():
+    res = speed_result()
+    res.update(
+        machine=dict(cpu="cpu", cores=2, platform="linux", backend="cpu", devices=["cpu:0"],
+                     versions=dict(jax="0", diffrax="0", scipy="0", numpy="0", python="3"),
+                     load_avg_1_5_15=[1.0, 1.0, 1.0], peak_flops_measured=1e10,
+                     dram_bandwidth_measured=1e10),
+        started="now", mode="full",
+    )  # fmt: skip
+    text = report.render(json.loads(json.dumps(res)))
+    assert "| small | 4096 | 200 | 10 | 20 | 20 | 40 | 0.70 | 40.00 | 170 | 98.0% | 100.0 |" in text
+    assert "`make_problem` 1.8 ms + `fine_tune` 6.6 ms" in text
+    assert "| knob 0 | 256 | 1.000 | 10.800 | 10.8 |" in text
