@@ -154,13 +154,18 @@ def test_accuracy_compile_memory_failures():
     assert by["100,000 `small"].endswith("| missed |")
 
 
+# the machine record `render` prints in its header line
+MACHINE = dict(
+    cpu="cpu", cores=2, platform="linux", backend="cpu", devices=["cpu:0"],
+    versions=dict(jax="0", diffrax="0", scipy="0", numpy="0", python="3"),
+    load_avg_1_5_15=[1.0, 1.0, 1.0], peak_flops_measured=1e10, dram_bandwidth_measured=1e10,
+)  # fmt: skip
+
+
 def test_render_every_section():
     res = result()
     res.update(
-        machine=dict(cpu="cpu", cores=2, platform="linux", backend="cpu", devices=["cpu:0"],
-                     versions=dict(jax="0", diffrax="0", scipy="0", numpy="0", python="3"),
-                     load_avg_1_5_15=[1.0, 1.0, 1.0], peak_flops_measured=1e10,
-                     dram_bandwidth_measured=1e10),
+        machine=MACHINE,
         started="now", mode="full",
         dscaling=[dict(d=1000, k=10, m=50, n=100, make_problem_s=0.01, reduce_s=0.001,
                        solve_s=0.01, compile_s=10.0, steps=60, status=0)],
@@ -242,10 +247,7 @@ def test_speed_targets_are_computed_from_the_run():
 def test_render_speed_sections():
     res = speed_result()
     res.update(
-        machine=dict(cpu="cpu", cores=2, platform="linux", backend="cpu", devices=["cpu:0"],
-                     versions=dict(jax="0", diffrax="0", scipy="0", numpy="0", python="3"),
-                     load_avg_1_5_15=[1.0, 1.0, 1.0], peak_flops_measured=1e10,
-                     dram_bandwidth_measured=1e10),
+        machine=MACHINE,
         started="now", mode="full",
     )  # fmt: skip
     text = report.render(json.loads(json.dumps(res)))
