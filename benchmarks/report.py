@@ -174,7 +174,9 @@ def render(res: dict) -> str:
                            f"(condition {w['cond_M']:.0f}), {w['ood']} OOD second moment; saves at "
                            f"linspace(0, T, {w['num_save']}), T = {w['T']:.3g}; {w['b']} problems: arrays "
                            f"{w['generate_s']:.2f} s, `lf.problem_from_arrays` {w['problem_from_arrays_s']:.2f} s, "
-                           f"stacking {w['stack_s']:.2f} s.")  # fmt: skip
+                           f"stacking {w['stack_s']:.2f} s"
+                           + (f"; `lf.problems_from_arrays` on the stacked arrays {w['problems_from_arrays_s']:.2f} s"
+                              if "problems_from_arrays_s" in w else "") + ".")  # fmt: skip
         out.append("")
     if res.get("natural_vs_batch"):
         out += [

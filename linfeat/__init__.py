@@ -38,6 +38,7 @@ from ._problem import Problem as Problem
 from ._problem import orthonormalize_rows as orthonormalize_rows
 from ._problem import problem_from_arrays as problem_from_arrays
 from ._problem import stack_problems as stack_problems
+from ._problem_batch import problems_from_arrays as problems_from_arrays
 from ._reduce import Reduced as Reduced
 from ._reduce import reduce as reduce
 from ._trajectory import Trajectory as Trajectory
@@ -48,7 +49,7 @@ __version__ = "0.3.0"
 __all__ = [
     # Problems: generated (docs/theory.md, section 3) or from your arrays
     "Problem", "make_problem", "problem_from_arrays", "subspace_cov", "orthonormalize_rows",
-    "stack_problems", "init_head", "features_at_distance",
+    "stack_problems", "problems_from_arrays", "init_head", "features_at_distance",
     # Training: one engine behind every flow (docs/solvers.md)
     "fine_tune", "lp_ft", "linear_probe", "linear_probe_flow", "fine_tune_batch", "sweep",
     "train_discrete", "reduce", "Reduced",
