@@ -1,13 +1,14 @@
 r"""A batch of problems from user arrays, validated at once (`problems_from_arrays`).
 
 `problem_from_arrays` validates one problem with NumPy and returns device arrays; building
-10^3 problems one by one costs ~30-50 ms each (#14: 51 s for the benchmark's 1024 problems of
-the `small` size class), most of it per-call overhead and a LAPACK `eigvalsh` of each dense
-(d, d) second moment. Here every check runs once on the stacked arrays: batched matrix
-products for orthonormal rows, one batched SVD of X for the ranks and the projections on S,
-a batched Cholesky factorisation for positive semidefiniteness (exact test below), and the
-theory's conditions in NumPy. Everything is NumPy on the host (no XLA program, so no compile
-and no batched-LAPACK kernel inside a jitted program, docs/solvers.md). The result equals
+10^3 problems one by one costs 7-50 ms each (the benchmark's 1024 problems of the `small`
+size class: 51 s on 2026-12-02, 6.9 s on 2026-12-04; a shared host), per-call overhead and
+a LAPACK `eigvalsh` of each dense (d, d) second moment. Here every check runs once on the
+stacked arrays: batched matrix products for orthonormal rows, one batched SVD of X for the
+ranks and the projections on S, a batched Cholesky factorisation for positive
+semidefiniteness (exact test below), and the theory's conditions in NumPy. Everything is
+NumPy on the host (no XLA program, so no compile and no batched-LAPACK kernel inside a
+jitted program, docs/solvers.md). The result equals
 `stack_problems([problem_from_arrays(...) for each item])` leaf by leaf, and every error names
 the argument, the first item that fails and the fix.
 """
@@ -85,8 +86,9 @@ def psd_failures(S: np.ndarray, tol: float = PSD_TOL) -> np.ndarray:
 
 
 def _check_dense_cov(name: str, S: np.ndarray) -> None:
+    St = np.ascontiguousarray(np.swapaxes(S, 1, 2))  # one strided pass, then contiguous ones
     scale = np.maximum(1.0, np.max(np.abs(S), axis=(1, 2)))
-    asym = np.max(np.abs(S - np.swapaxes(S, 1, 2)), axis=(1, 2))
+    asym = np.max(np.abs(S - St), axis=(1, 2))
     bad = asym > PSD_TOL * scale
     if np.any(bad):
         i = _first(bad)
@@ -94,7 +96,9 @@ def _check_dense_cov(name: str, S: np.ndarray) -> None:
             f"`{name}[{i}]` must be symmetric (a second moment E[x x^T]); max |S - S^T| = "
             f"{asym[i]:.3g}. Pass (S + S.T) / 2."
         )
-    fail = psd_failures(0.5 * (S + np.swapaxes(S, 1, 2)))
+    St += S
+    St *= 0.5
+    fail = psd_failures(St)  # the symmetric part, as `check_psd` tests it
     if fail.size:
         i = int(fail[0])
         lam = float(np.linalg.eigvalsh(S[i])[0])
@@ -146,8 +150,9 @@ def problems_from_arrays(
 
     The batched `problem_from_arrays`: the same arguments with one more leading axis, the
     same checks and the same result as stacking the problems built one by one
-    (`stack_problems`), computed on the stacks at once (~1 ms per `small`-class problem with
-    a dense OOD second moment, against ~30-50 ms one by one). The result vmaps like a batch
+    (`stack_problems`), computed on the stacks at once (1024 `small`-class problems with
+    a dense 200 x 200 OOD second moment: 1.9-5.1 ms per problem against 14.3 one by one, in
+    one session on a shared 2-core host). The result vmaps like a batch
     of generated problems: `jax.vmap(lf.fine_tune)(problems, v0s)` or `lf.fine_tune_batch`.
 
     Args:
@@ -267,7 +272,7 @@ def _warn_theory(B0: np.ndarray, Vt: np.ndarray, m: np.ndarray, d: int, k: int) 
         )
     r = np.arange(Vt.shape[1])
     basis = np.where((r[None, :] < m[:, None])[:, :, None], Vt, 0.0)  # (b, min(n, d), d)
-    BS = np.einsum("bkd,brd,bre->bke", B0, basis, basis)
+    BS = (B0 @ np.swapaxes(basis, 1, 2)) @ basis  # Pi_S B0^T, transposed: two batched GEMMs
     c_perp = np.linalg.svd(B0 - BS, compute_uv=False)[:, k - 1]
     flat = c_perp <= 1e-12
     if np.any(flat):
