@@ -283,6 +283,20 @@ def render(res: dict) -> str:
                       [f"| {r['knob']} | {r['batch']} | {r['forward_s']:.3f} | {r['value_and_grad_s']:.3f} | "
                        f"{r['ratio']:.1f} | {r['forward_compile_s']:.1f} / {r['grad_compile_s']:.1f} | "
                        f"{'yes' if r['grad_finite'] else 'NO'} | {r['value_match']:.1e} |" for r in res["grad"]])  # fmt: skip
+    fl = res.get("flops")
+    if fl:
+        m = res.get("machine", {})
+        out += [f"FLOP accounting (XLA cost analysis of one vmapped Rodas5P step of FT on a chunk of "
+                f"{fl['chunk']} `small` lanes): {fl['flop_per_lane_step']:,.0f} flop and "
+                f"{fl['bytes_per_lane_step'] / 1e3:.0f} kB accessed per lane-step (arithmetic intensity "
+                f"{fl['flop_per_lane_step'] / fl['bytes_per_lane_step']:.2f} flop/byte); the bare step ran "
+                f"{fl['bare_step_s'] * 1e6:.2f} us per lane-step, {fl['bare_step_flops'] / 1e9:.2f} GFLOP/s; "
+                f"metrics >= {fl['flop_per_metrics_eval']:,.0f} flop per evaluation ({fl['note']}).", ""]  # fmt: skip
+        if fl.get("solves") and "peak_flops_measured" in m:
+            peak = m["peak_flops_measured"]
+            out += _table("solve (small) | batch | metrics | useful GFLOP/s | share of the measured peak", "lrlrr",
+                          [f"| {r['path']} | {r['batch']} | {'on' if r['with_metrics'] else 'off'} | "
+                           f"{r['useful_flops'] / 1e9:.2f} | {r['useful_flops'] / peak:.1%} |" for r in fl["solves"]])  # fmt: skip
     mm = res.get("memory")
     if mm:
         if "peak_rss_gb" in mm:
@@ -447,9 +461,24 @@ def targets_speed(res: dict) -> str:
             f"{sb['total_s'] * 1e3:.1f} ms after compilation ({sb['make_problem_compile_s'] + sb['solve_compile_s']:.1f} s "
             f"to compile), status {sb['status']}", sb["total_s"] < BILLION_MAX_S and sb["status"] == 0)  # fmt: skip
     m = res.get("machine", {})
+    fl = res.get("flops")
     if "peak_flops_measured" in m:
-        out.append(f"| achieved FLOP/s against the measured roofline | roofline {m['peak_flops_measured'] / 1e9:.1f} "
-                   "GFLOP/s (f64 matmul); the solver's achieved FLOP/s is not measured by the runner | not measured |")  # fmt: skip
+        peak, bw = m["peak_flops_measured"], m.get("dram_bandwidth_measured")
+        if fl:
+            ai = fl["flop_per_lane_step"] / fl["bytes_per_lane_step"]
+            solve = max(fl.get("solves", []), key=lambda r: r["useful_flops"], default=None)
+            txt = (f"roofline {peak / 1e9:.1f} GFLOP/s (f64 matmul, all cores)"
+                   + (f", {bw / 1e9:.1f} GB/s: at {ai:.2f} flop/byte the bandwidth ceiling is "
+                      f"{min(peak, ai * bw) / 1e9:.1f} GFLOP/s" if bw else "")
+                   + f"; bare Rodas5P step {fl['bare_step_flops'] / 1e9:.2f} GFLOP/s "
+                   f"({fl['bare_step_flops'] / peak:.1%})"
+                   + (f", best solve {solve['useful_flops'] / 1e9:.2f} GFLOP/s useful "
+                      f"({solve['useful_flops'] / peak:.1%}; {solve['path']}, b {solve['batch']}, metrics "
+                      f"{'on' if solve['with_metrics'] else 'off'})" if solve else ""))  # fmt: skip
+            out.append(f"| achieved FLOP/s against the measured roofline | {txt} | reported |")
+        else:
+            out.append(f"| achieved FLOP/s against the measured roofline | roofline {peak / 1e9:.1f} "
+                       "GFLOP/s (f64 matmul); the solver's achieved FLOP/s is not measured by the runner | not measured |")  # fmt: skip
     return "\n".join(out) + "\n"
 
 

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip",
         default="",
         help="comma-separated sections to skip (compile, natural_vs_batch, previous_release, "
-        "accuracy, baselines, dscaling, memory, methods, setup, grad)",
+        "accuracy, baselines, dscaling, memory, methods, setup, grad, flops)",
     )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
 

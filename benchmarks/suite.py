@@ -911,6 +911,78 @@ def section_grad(res, cfg: Config):
               f"{row['grad_finite']}", flush=True)  # fmt: skip
 
 
+# --------------------------------------------------------------------------- FLOP/s
+
+
+def _xla_cost(fn, *args) -> dict:
+    """XLA's cost analysis of `jax.jit(fn)(*args)`: flops and bytes accessed of one call (a
+    loop body counts once, so `fn` must be loop-free)."""
+    ca = jax.jit(fn).lower(*args).compile().cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return dict(flops=float(ca.get("flops", 0.0)), bytes=float(ca.get("bytes accessed", 0.0)))
+
+
+def section_flops(res, cfg: Config):
+    """FLOP per lane-step (XLA's cost analysis of one vmapped Rodas5P step of the FT flow on a
+    CPU chunk of `small` lanes) and per metrics evaluation, the bare step's measured time, and
+    the achieved FLOP/s of the `natural_vs_batch` solves they imply, against the roofline."""
+    from linfeat._flows import FineTune
+    from linfeat._metrics import reduced_metrics
+    from linfeat._rodas5p import Rodas5P
+
+    b = bt.CPU_LANES if cfg.name != "tiny" else 8  # one CPU chunk of `fine_tune_batch`
+    probs, v0s, _ = small_workload(cfg, b, seed=41)
+    reds = jax.jit(jax.vmap(lf.reduce))(probs)
+    data, y0, flow = reds.flow_data, (v0s, reds.A0), FineTune()
+    h = 1e-3 / jnp.max(reds.sigma2, axis=-1)  # a step of the size the solver takes early on
+
+    def step(y, data, h):
+        y1, _, _, _, _ = Rodas5P(flow).step(None, 0.0, h, y, data, flow.field(y, data), False)
+        return y1
+
+    def metrics(red, v, A, v0):
+        return reduced_metrics(red, v, A, v0)
+
+    c_step = _xla_cost(jax.vmap(step), y0, data, h)
+    c_met = _xla_cost(jax.vmap(metrics), reds, v0s, reds.A0, v0s)
+    reps = 64  # the bare step in a fori_loop, so dispatch is amortised (profiling/step_breakdown)
+    loop = jax.jit(
+        jax.vmap(lambda y, d, h: jax.lax.fori_loop(0, reps, lambda i, y: step(y, d, h), y))
+    )
+    jax.block_until_ready(loop(y0, data, h))
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(loop(y0, data, h))
+        best = min(best, time.perf_counter() - t0)
+    step_s = best / (reps * b)
+    out = res["flops"] = dict(
+        chunk=b, flop_per_lane_step=c_step["flops"] / b, bytes_per_lane_step=c_step["bytes"] / b,
+        flop_per_metrics_eval=c_met["flops"] / b, bytes_per_metrics_eval=c_met["bytes"] / b,
+        bare_step_s=step_s, bare_step_flops=c_step["flops"] / b / step_s,
+        note="XLA HloCostAnalysis counts (an elementwise op is one flop per element); the "
+             "metrics count has the Jacobi eigensolves' while loops once per loop (one sweep), "
+             "so it is a lower bound",
+    )  # fmt: skip
+    solves = []
+    for r in res.get("natural_vs_batch", []):
+        if r["workload"] != "small":
+            continue
+        evals = 65 if r["with_metrics"] else 0  # 64 saves and the stop
+        flop = r["batch"] * (r["steps_mean"] * out["flop_per_lane_step"]
+                             + evals * out["flop_per_metrics_eval"])  # fmt: skip
+        solves.append(dict(batch=r["batch"], path=r["path"], with_metrics=r["with_metrics"],
+                           useful_flops=flop / r["run_s"]))  # fmt: skip
+    out["solves"] = solves
+    print(f"  {out['flop_per_lane_step']:.0f} flop and {out['bytes_per_lane_step'] / 1e3:.0f} kB "
+          f"per lane-step; bare step {step_s * 1e6:.2f} us per lane = "
+          f"{out['bare_step_flops'] / 1e9:.2f} GFLOP/s; metrics >= "
+          f"{out['flop_per_metrics_eval']:.0f} flop per evaluation", flush=True)  # fmt: skip
+    for r in solves:
+        print(f"  small b={r['batch']} {r['path']} metrics={r['with_metrics']}: "
+              f"{r['useful_flops'] / 1e9:.2f} GFLOP/s useful", flush=True)  # fmt: skip
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -926,7 +998,7 @@ def _print(r):
 
 
 SECTIONS = ("compile", "natural_vs_batch", "previous_release", "accuracy", "baselines",
-            "dscaling", "memory", "methods", "setup", "grad")  # fmt: skip
+            "dscaling", "memory", "methods", "setup", "grad", "flops")  # fmt: skip
 
 
 def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
@@ -960,6 +1032,7 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
         "methods": lambda: section_methods(res, cfg),
         "setup": lambda: section_setup(res, cfg),
         "grad": lambda: section_grad(res, cfg),
+        "flops": lambda: section_flops(res, cfg),
     }
     for name in SECTIONS:
         if name in skip:

@@ -20,9 +20,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._eigh import eigvalsh, polar
 from ._flows import AbstractFlow, FlowData, spd_inverse
-from ._metrics import Metrics, _norm
+from ._metrics import Metrics, _norm, frame_feature_distance
 from ._reduce import Reduced
 
 
@@ -146,10 +145,7 @@ def _distance(red: Reduced, H) -> Float[Array, ""]:
     r"""$\|B - UB^*\|_2$, Procrustes U, for $B = HG^T$ (as `reduced_feature_distance`)."""
     k = red.k
     Hs = _h0(red, H.dtype).at[:, red.r + k + 1 :].set(jnp.eye(k, dtype=H.dtype))
-    U = polar(H @ red.gram @ Hs.T)
-    Delta = H - U @ Hs
-    top = eigvalsh(Delta @ red.gram @ Delta.T)[-1]
-    return jnp.sqrt(jnp.maximum(top, 0.0))
+    return frame_feature_distance(H, Hs, red.gram)
 
 
 def effective_metrics(red: Reduced, v, A, c, v0, grad2) -> Metrics:

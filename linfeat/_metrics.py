@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 
 from . import _validate as V
 from ._cov import quad_form
-from ._eigh import eigvalsh, polar
+from ._eigh import _safe_sqrt, eigh, eigvalsh
 from ._geometry import _procrustes, feature_distance, project_S
 from ._reduce import Reduced, error_coefficients, feature_rows
 
@@ -179,16 +179,57 @@ def _norm(x) -> Float[Array, ""]:
     return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
 
 
+# Below this smallest singular value of M = B B*^T the feature distance is computed from the
+# expansion of Delta G Delta^T (cancellation is harmless there: d^2 >= 1 - 2 s_min >= 1/2);
+# above it, M is well conditioned (kappa <= 4 |B|_2) and Delta = H - U H* is formed directly.
+_EXPANSION_BELOW = 0.25
+
+
+def frame_feature_distance(H, H_star, gram) -> Float[Array, ""]:
+    r"""$\|B - UB^*\|_2$ with the Procrustes U, for $B = HG^T$, $B^* = H^*G^T$, gram $= G^TG$.
+
+    Two Jacobi eigensolves of k x k matrices (docs/theory.md, section 2.4): $M = BB^{*T}$,
+    $M^TM = V\Lambda V^T$ gives $U = MV\Lambda^{-1/2}V^T$ (directions with $s_i \le
+    k\epsilon s_{max}$ dropped) and one Newton-Schulz step $U(3I - U^TU)/2$, which makes U
+    orthogonal to rounding and its derivative exact at repeated singular values. Then
+    $d^2 = \lambda_{max}(S)$, where $S = \Delta G\Delta^T$, $\Delta = H - UH^*$, if
+    $s_{min}(M) > 1/4$, and otherwise the same matrix expanded,
+    $S = BB^T - MU^T - UM^T + U(B^*B^{*T} - I)U^T + I$, which needs no completion of U
+    where M is singular: for $B^*B^{*T} = I$ every orthogonal U with $M = UP$ gives
+    $MU^T + UM^T = 2(MM^T)^{1/2}$, so d does not depend on the choice, and the expansion's
+    rounding ($\sim\epsilon(\|B\|^2 + 1)$) is small against $d^2 \ge 1 - 2s_{min} \ge 1/2$.
+    The direct branch has no cancellation as $d \to 0$, where M is close to orthogonal.
+    (The previous implementation took five eigensolves: a two-pass SVD, a completion and a
+    refinement for the polar factor, then the top eigenvalue; it is the full-space
+    `linfeat.theory.procrustes`, kept as the reference.)
+    """
+    k = H.shape[-2]
+    eye = jnp.eye(k, dtype=H.dtype)
+    HG = H @ gram
+    M = HG @ H_star.T
+    lam, V = eigh(M.T @ M)
+    s = _safe_sqrt(lam)  # rounds to <= 0 for a singular M: s = 0, finite derivative
+    keep = s > k * jnp.finfo(H.dtype).eps * jnp.max(s)
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
+    U = ((M @ V) * inv) @ V.T
+    U = U @ (1.5 * eye - 0.5 * (U.T @ U))
+    Delta = H - U @ H_star
+    direct = Delta @ gram @ Delta.T
+    C = H_star @ gram @ H_star.T
+    MU = M @ U.T
+    expanded = HG @ H.T - MU - MU.T + U @ (C - eye) @ U.T + eye
+    S = jnp.where(jnp.min(s) > _EXPANSION_BELOW, direct, expanded)
+    top = eigvalsh(0.5 * (S + S.T))[-1]
+    return jnp.sqrt(jnp.maximum(top, 0.0))
+
+
 def reduced_feature_distance(red: Reduced, A) -> Float[Array, ""]:
     r"""$\|B - UB^*\|_2$ with the Procrustes U, from the frame: $B - UB^* = (H - UH^*)G^T$."""
     k = red.k
     H = feature_rows(red, A)
     H_star = jnp.zeros_like(H).at[:, red.r : red.r + k].set(jnp.eye(k, dtype=A.dtype))
     H_star = H_star.at[:, red.r + k + 1 :].set(jnp.eye(k, dtype=A.dtype))
-    U = polar(H @ red.gram @ H_star.T)
-    Delta = H - U @ H_star
-    top = eigvalsh(Delta @ red.gram @ Delta.T)[-1]
-    return jnp.sqrt(jnp.maximum(top, 0.0))
+    return frame_feature_distance(H, H_star, red.gram)
 
 
 def reduced_metrics(

@@ -254,3 +254,25 @@ def test_render_speed_sections():
     assert "| small | 4096 | 200 | 10 | 20 | 20 | 40 | 0.70 | 40.00 | 170 | 98.0% | 100.0 |" in text
     assert "`make_problem` 1.8 ms + `fine_tune` 6.6 ms" in text
     assert "| knob 0 | 256 | 1.000 | 10.800 | 10.8 |" in text
+
+
+def test_flops_row_and_table_are_computed_from_the_run():
+    # 60,000 flop per lane-step at 2e5 bytes (0.3 flop/byte); bare step 10 us -> 6 GFLOP/s;
+    # the batch row at b = 4096 without metrics: 4096 x 100 steps x 6e4 flop / 10.24 s
+    # = 2.4 GFLOP/s useful; with metrics add 65 x 1e5 flop per lane.
+    res = speed_result()
+    res["machine"] = dict(MACHINE, peak_flops_measured=1e11, dram_bandwidth_measured=3e10)
+    res["flops"] = dict(
+        chunk=128, flop_per_lane_step=6e4, bytes_per_lane_step=2e5, flop_per_metrics_eval=1e5,
+        bytes_per_metrics_eval=1e5, bare_step_s=1e-5, bare_step_flops=6e9, note="n",
+        solves=[dict(batch=4096, path="batch", with_metrics=False, useful_flops=2.4e9),
+                dict(batch=4096, path="batch", with_metrics=True, useful_flops=3.0e9)],
+    )  # fmt: skip
+    row = next(ln for ln in report.targets_speed(res).splitlines() if "achieved FLOP/s" in ln)
+    assert row.endswith("| reported |")
+    assert "bandwidth ceiling is 9.0 GFLOP/s" in row  # 0.3 flop/byte x 30 GB/s
+    assert "bare Rodas5P step 6.00 GFLOP/s (6.0%)" in row
+    assert "best solve 3.00 GFLOP/s useful (3.0%; batch, b 4096, metrics on)" in row
+    text = report.render(json.loads(json.dumps(dict(res, started="now", mode="full"))))
+    assert "| batch | 4096 | off | 2.40 | 2.4% |" in text
+    assert "60,000 flop and 200 kB accessed per lane-step" in text
