@@ -129,3 +129,13 @@ def test_public_api_is_small_and_every_name_is_documented():
         for part in name.split("."):
             obj = getattr(obj, part)
         assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def test_one_version_string():
+    # The installed metadata (pyproject.toml) and `linfeat.__version__` (what reports and
+    # `linfeat --version` record) must agree; they had drifted (0.2.0 against 0.3.0).
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert meta == lf.__version__
