@@ -16,6 +16,10 @@ Sections (each a key of the results JSON; `report.py` renders them and computes 
   state with the analytic Jacobian, diffrax Kvaerno5 vmapped, on the first lanes of `small`.
 - `dscaling`: one problem at d = 1e3, 1e4, 1e5 (set-up and solve, second call).
 - `memory`: peak RSS of a fresh process running an `lf.sweep` of 100,000 `small` instances.
+- `methods`, `setup`, `grad`: the method zoo, keys to per-lane metrics (and d = 1e9), and
+  value + `jax.grad` against the forward cost.
+- `flops`: XLA's flop and byte counts of one vmapped Rodas5P step and of one metrics
+  evaluation, the bare step's time, and the useful FLOP/s of the `natural_vs_batch` solves.
 
 Accuracy protocol. Every method's final w = B^T v is compared with a tight reference,
 `lf.fine_tune(p, v0, rtol=1e-13, atol=1e-15)`, in two ways:
