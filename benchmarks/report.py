@@ -32,6 +32,15 @@ def _table(header: str, align: str, rows) -> list[str]:
     return [f"| {header} |", sep, *rows, ""]
 
 
+def roofline(m: dict) -> tuple[float, float | None, str]:
+    """(peak FLOP/s, bandwidth, label) of the device the solves ran on: the accelerator's when
+    the run had one (`machine.accelerator`), else the host CPU's."""
+    a = m.get("accelerator")
+    if a:
+        return a["peak_flops_f64"], a.get("bandwidth"), f"{a['device_kind']} f64 matmul"
+    return m["peak_flops_measured"], m.get("dram_bandwidth_measured"), "f64 matmul, all cores"
+
+
 def _nvb(res, workload, batch, path, with_metrics):
     for r in res.get("natural_vs_batch", []):
         if (r["workload"], r["batch"], r["path"], r["with_metrics"]) == (
@@ -137,6 +146,11 @@ def render(res: dict) -> str:
         f"(f64 matmul), {m['dram_bandwidth_measured'] / 1e9:.1f} GB/s (DRAM triad).",
         "",
     ]
+    a = m.get("accelerator")
+    if a:
+        out[0] += (f" Accelerator: {a['count']} x {a['device_kind']} ({a['platform']}), measured "
+                   f"{a['peak_flops_f64'] / 1e12:.1f} TFLOP/s (f64 matmul, 8192^3) and "
+                   f"{a['bandwidth'] / 1e9:.0f} GB/s (copy, read + write); the solves ran there.")  # fmt: skip
     pr = res.get("protocol")
     if pr:
         d = pr["defaults"]
@@ -293,7 +307,7 @@ def render(res: dict) -> str:
                 f"{fl['bare_step_s'] * 1e6:.2f} us per lane-step, {fl['bare_step_flops'] / 1e9:.2f} GFLOP/s; "
                 f"metrics >= {fl['flop_per_metrics_eval']:,.0f} flop per evaluation ({fl['note']}).", ""]  # fmt: skip
         if fl.get("solves") and "peak_flops_measured" in m:
-            peak = m["peak_flops_measured"]
+            peak = roofline(m)[0]
             out += _table("solve (small) | batch | metrics | useful GFLOP/s | share of the measured peak", "lrlrr",
                           [f"| {r['path']} | {r['batch']} | {'on' if r['with_metrics'] else 'off'} | "
                            f"{r['useful_flops'] / 1e9:.2f} | {r['useful_flops'] / peak:.1%} |" for r in fl["solves"]])  # fmt: skip
@@ -463,11 +477,11 @@ def targets_speed(res: dict) -> str:
     m = res.get("machine", {})
     fl = res.get("flops")
     if "peak_flops_measured" in m:
-        peak, bw = m["peak_flops_measured"], m.get("dram_bandwidth_measured")
+        peak, bw, label = roofline(m)
         if fl:
             ai = fl["flop_per_lane_step"] / fl["bytes_per_lane_step"]
             solve = max(fl.get("solves", []), key=lambda r: r["useful_flops"], default=None)
-            txt = (f"roofline {peak / 1e9:.1f} GFLOP/s (f64 matmul, all cores)"
+            txt = (f"roofline {peak / 1e9:.1f} GFLOP/s ({label})"
                    + (f", {bw / 1e9:.1f} GB/s: at {ai:.2f} flop/byte the bandwidth ceiling is "
                       f"{min(peak, ai * bw) / 1e9:.1f} GFLOP/s" if bw else "")
                    + f"; bare Rodas5P step {fl['bare_step_flops'] / 1e9:.2f} GFLOP/s "

@@ -5,6 +5,13 @@ Usage: `python -m benchmarks [--quick] [--devices N] [--skip a,b] [--out PATH]` 
 (set before JAX starts); the memory sweep's child process uses as many. A hidden `--tiny`
 flag (or `LINFEAT_BENCH_TINY=1`) shrinks every workload to a few lanes at d = 40 and skips
 the big sweep: a smoke test of the suite itself, not a measurement.
+
+`--accelerator` is the run on a GPU or TPU host (`benchmarks/gpu_run.sh` wraps it): the
+library's accelerator chunk (4096 lanes), batches up to 65,536, the #14 target sections first
+(set-up, natural vs batch, FLOP/s, gradients, accuracy; each row is written to the JSON as it
+finishes, so a run cut short keeps them), the CPU-only sections skipped, the device's own f64
+matmul rate and copy bandwidth as the roofline, and `benchmarks/results_gpu.json` as the
+default output. `--accelerator --tiny` runs the same order at the tiny sizes on CPU.
 """
 
 from __future__ import annotations
@@ -35,14 +42,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="host CPU devices (default 1); N > 1 adds a `fine_tune_batch(devices=N)` "
         "row on `small` (the memory sweep's child always uses one device per core)",
     )
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="JSON output path")
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="JSON output path (default benchmarks/results.json; results_gpu.json with "
+        "--accelerator)",
+    )
     parser.add_argument(
         "--skip",
         default="",
         help="comma-separated sections to skip (compile, natural_vs_batch, previous_release, "
         "accuracy, baselines, dscaling, memory, methods, setup, grad, flops)",
     )
+    parser.add_argument(
+        "--accelerator",
+        action="store_true",
+        help="a GPU/TPU host: 4096-lane chunks and batches up to 65,536, the #14 target "
+        f"sections first, CPU-only sections skipped ({', '.join(ACCELERATOR_SKIP)})",
+    )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+
+
+# Sections the accelerator mode skips: SciPy baselines and host RSS measure the CPU; the previous
+# release needs a git worktree; compile, d-scaling and the zoo are covered by the CPU run.
+ACCELERATOR_SKIP = ("compile", "previous_release", "baselines", "dscaling", "memory", "methods")
 
 
 def _set_devices(n: int) -> None:
@@ -69,12 +92,25 @@ def run(args) -> int:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+    accel = getattr(args, "accelerator", False)
+    if accel:
+        skip |= set(ACCELERATOR_SKIP)
     unknown = skip - set(suite.SECTIONS)
     if unknown:
         raise SystemExit(f"--skip: unknown section(s) {sorted(unknown)}; known: {suite.SECTIONS}")
     tiny = getattr(args, "tiny", False) or os.environ.get("LINFEAT_BENCH_TINY", "") not in ("", "0")
-    mode = "tiny" if tiny else "quick" if getattr(args, "quick", False) else "full"
-    if mode == "tiny" and Path(args.out) == DEFAULT_OUT:  # a smoke test: keep the results
+    quick = getattr(args, "quick", False)
+    mode = "accelerator" if accel else "quick" if quick else "full"
+    if tiny:
+        mode = "tiny-accelerator" if accel else "tiny"
+    elif accel and jax.default_backend() == "cpu":
+        raise SystemExit(
+            "--accelerator: JAX sees no accelerator (backend cpu); install JAX with its CUDA or "
+            "TPU plugin, or run without --accelerator (add --tiny for a CPU smoke test)"
+        )
+    if accel and not tiny and Path(args.out) == DEFAULT_OUT:  # keep the CPU run's results
+        args.out = str(DEFAULT_OUT.with_name("results_gpu.json"))
+    if tiny and Path(args.out) == DEFAULT_OUT:  # a smoke test: keep the results
         args.out = str(Path(tempfile.gettempdir()) / "linfeat_bench_tiny.json")
     res = suite.run_all(mode=mode, skip=skip, out=Path(args.out))
     Path(args.out).write_text(json.dumps(res, indent=1, default=float))
@@ -140,7 +176,40 @@ def machine() -> dict:
         np.add(z, y, out=z)  # triad in two passes: 5 x 8 bytes per element
         best = max(best, 5 * 8 * x.size / (time.perf_counter() - t))
     info["dram_bandwidth_measured"] = best
+    accel = accelerator_roofline()
+    if accel is not None:
+        info["accelerator"] = accel
     return info
+
+
+def accelerator_roofline() -> dict | None:
+    """The JAX default device's f64 matmul rate and copy bandwidth (None on a CPU backend)."""
+    import jax
+    import jax.numpy as jnp
+
+    dev = jax.devices()
+    if dev[0].platform == "cpu":
+        return None
+    out = dict(device_kind=dev[0].device_kind, count=len(dev), platform=dev[0].platform)
+    n = 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float64)
+    mm = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(mm(a))
+    t = time.perf_counter()
+    for _ in range(5):
+        r = mm(a)
+    jax.block_until_ready(r)
+    out["peak_flops_f64"] = 5 * 2 * n**3 / (time.perf_counter() - t)
+    x = jnp.ones(2**28)  # 2 GB: out of every cache
+    cp = jax.jit(lambda x: x * 2.0)
+    jax.block_until_ready(cp(x))
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        jax.block_until_ready(cp(x))
+        best = max(best, 2 * 8 * x.size / (time.perf_counter() - t))  # read + write
+    out["bandwidth"] = best
+    return out
 
 
 def rss_of_sweep(n: int, batch_size: int, devices: int, *, d: int = 200, m: int = 20) -> dict:

@@ -21,6 +21,10 @@ Sections (each a key of the results JSON; `report.py` renders them and computes 
 - `flops`: XLA's flop and byte counts of one vmapped Rodas5P step and of one metrics
   evaluation, the bare step's time, and the useful FLOP/s of the `natural_vs_batch` solves.
 
+Modes (`CONFIGS`): full, `--quick`, the hidden `--tiny` smoke test, and `--accelerator` for
+a GPU/TPU host (4096-lane chunks, batches up to 65,536, its own section order; see
+`benchmarks.runner`).
+
 Accuracy protocol. Every method's final w = B^T v is compared with a tight reference,
 `lf.fine_tune(p, v0, rtol=1e-13, atol=1e-15)`, in two ways:
 
@@ -38,6 +42,7 @@ Accuracy protocol. Every method's final w = B^T v is compared with a tight refer
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -95,6 +100,11 @@ class Config:
     # so one slow minute on a shared host does not decide the verdict
     prev_rounds: int = 3
     child_timeout_s: int = 600  # per answer of the Kvaerno5 child
+    # the sections' order (None: `SECTIONS`); the accelerator mode runs the #14 targets first,
+    # so a run cut short by a device lease still returns them
+    order: tuple | None = None
+    flops_chunk: int | None = None  # lanes of the `flops` section's chunk (None: one CPU chunk)
+    setup_batches: tuple | None = None  # batches of the `setup` section (None: the largest small)
 
 
 CONFIGS = {
@@ -104,15 +114,36 @@ CONFIGS = {
         dscaling=(1_000, 10_000), sweep_n=10_000, prev_timeout_s=300, prev_rounds=2,
         with_metrics_off=("small",),
     ),
+    # `--accelerator` (a GPU or TPU host): the library's accelerator chunk (4096 lanes) and a
+    # batch 16 chunks wide; the CPU-only sections (SciPy baselines, the previous release's
+    # worktree, host RSS) and the compile / d-scaling / zoo sections are skipped by the runner
+    "accelerator": Config(
+        "accelerator", small_batches=(4096, 65536), arrays_batch=1024, second_call_max_b=65536,
+        with_metrics_off=("small",), flops_chunk=4096, setup_batches=(4096, 65536),
+        order=("setup", "natural_vs_batch", "flops", "grad", "accuracy"),
+    ),
     "tiny": Config(
         "tiny", d=40, small_batches=(8,), arrays_batch=8, acc_lanes=4, base_lanes=2,
         dscaling=(40, 400), dscaling_m=20, sweep_n=0, sweep_batch=8, compile_batch=4,
         prev_timeout_s=300, prev_rounds=1,
     ),
 }  # fmt: skip
+# the accelerator mode's order and set-up batches at the tiny sizes (`--accelerator --tiny`, a
+# smoke test on CPU of what a device lease will run)
+CONFIGS["tiny-accelerator"] = dataclasses.replace(
+    CONFIGS["tiny"], order=CONFIGS["accelerator"].order, setup_batches=(8, 16)
+)
 
 # What one section hands to the next (trajectories, workloads): filled as sections run.
 STATE: dict = {}
+
+
+def checkpoint(res: dict) -> None:
+    """Writes the results so far (`run_all` does after each section; the long sections after
+    each row too, so a run stopped by a device lease or Ctrl-C keeps its finished rows)."""
+    out = STATE.get("out")
+    if out is not None:
+        Path(out).write_text(json.dumps(res, indent=1, default=float))
 
 
 def take(tree, i):
@@ -384,6 +415,7 @@ def section_natural_vs_batch(res, cfg: Config):
                     )  # fmt: skip
                     rows.append(row)
                     _print(row)
+                    checkpoint(res)
                     if with_metrics and b == batches[-1]:
                         n = min(cfg.acc_lanes, b)
                         STATE.setdefault("finals", {})[(name, path)] = dict(
@@ -829,12 +861,12 @@ def section_setup(res, cfg: Config):
     (`basis="full"`) and in their own (m + 2k)-dimensional basis (`basis="small"`, Bartlett;
     docs/theory.md section 1.7), each `jax.jit(jax.vmap(lf.make_problem))` then
     `fine_tune_batch(outputs="metrics")`; and `make_problem` + `fine_tune` at d = 1e9."""
-    b = cfg.small_batches[-1]
     shape = dict(d=cfg.d, k=K, m=cfg.m, n=cfg.n, feature_error=0.5)
-    keys = jax.random.split(jax.random.key(21), b)
-    v0s = jax.block_until_ready(jax.random.normal(jax.random.key(22), (b, K)))
     rows = res.setdefault("setup", [])
-    for basis in ("full", "small"):
+    for b, basis in [(b, basis) for b in cfg.setup_batches or cfg.small_batches[-1:]
+                     for basis in ("full", "small")]:  # fmt: skip
+        keys = jax.random.split(jax.random.key(21), b)
+        v0s = jax.block_until_ready(jax.random.normal(jax.random.key(22), (b, K)))
         build = jax.jit(jax.vmap(lambda kk, basis=basis: lf.make_problem(kk, **shape, basis=basis)))
         probs, t_b = timed(build, keys)
         tr, t_s = timed(lambda p, v: lf.fine_tune_batch(p, v, outputs="metrics"), probs, v0s,
@@ -847,6 +879,7 @@ def section_setup(res, cfg: Config):
                    steps_mean=float(np.mean(tr.num_steps)),
                    **status_fractions(tr.status))  # fmt: skip
         rows.append(row)
+        checkpoint(res)
         print(f"  basis={basis:5s} b={b} ({row['columns']} columns): set-up "
               f"{row['setup_per_problem_ms']:.3f} ms/problem, solve {row['solve_s']:.2f} s, "
               f"end to end {row['end_to_end_traj_per_s']:.0f} traj/s, steps "
@@ -934,7 +967,8 @@ def section_flops(res, cfg: Config):
     from linfeat._metrics import reduced_metrics
     from linfeat._rodas5p import Rodas5P
 
-    b = bt.CPU_LANES if cfg.name != "tiny" else 8  # one CPU chunk of `fine_tune_batch`
+    # one chunk of `fine_tune_batch`: CPU_LANES, or the accelerator mode's chunk
+    b = 8 if cfg.name == "tiny" else cfg.flops_chunk or bt.CPU_LANES
     probs, v0s, _ = small_workload(cfg, b, seed=41)
     reds = jax.jit(jax.vmap(lf.reduce))(probs)
     data, y0, flow = reds.flow_data, (v0s, reds.A0), FineTune()
@@ -1023,8 +1057,13 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
     print(f"machine: {m['cpu']}, {m['cores']} cores, load {m['load_avg_1_5_15']}, peak "
           f"{m['peak_flops_measured'] / 1e9:.1f} GFLOP/s (matmul), DRAM "
           f"{m['dram_bandwidth_measured'] / 1e9:.1f} GB/s (triad); mode {mode}")  # fmt: skip
+    if "accelerator" in m:
+        a = m["accelerator"]
+        print(f"accelerator: {a['device_kind']} x {a['count']}, f64 matmul "
+              f"{a['peak_flops_f64'] / 1e12:.1f} TFLOP/s, copy {a['bandwidth'] / 1e9:.0f} GB/s "
+              "(read + write)", flush=True)  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="linfeat_bench_"))  # workload arrays for the children
-    STATE["out_dir"] = str(tmp)
+    STATE["out_dir"], STATE["out"] = str(tmp), out
     fns = {
         "compile": lambda: section_compile(res, cfg),
         "natural_vs_batch": lambda: section_natural_vs_batch(res, cfg),
@@ -1038,7 +1077,7 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
         "grad": lambda: section_grad(res, cfg),
         "flops": lambda: section_flops(res, cfg),
     }
-    for name in SECTIONS:
+    for name in cfg.order or SECTIONS:
         if name in skip:
             continue
         print(f"\n== {name} ==", flush=True)
@@ -1046,8 +1085,7 @@ def run_all(*, mode: str = "full", skip=frozenset(), out=None) -> dict:
         fns[name]()
         res.setdefault("section_s", {})[name] = time.perf_counter() - t
         release_compiled_programs()  # XLA:CPU maps pages per kernel (linfeat/_runtime.py)
-        if out is not None:  # keep what is measured even if a later section fails
-            Path(out).write_text(json.dumps(res, indent=1, default=float))
+        checkpoint(res)  # keep what is measured even if a later section fails
     shutil.rmtree(tmp, ignore_errors=True)
     res["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     res["load_avg_end"] = list(os.getloadavg())

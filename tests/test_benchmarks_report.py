@@ -276,3 +276,39 @@ def test_flops_row_and_table_are_computed_from_the_run():
     text = report.render(json.loads(json.dumps(dict(res, started="now", mode="full"))))
     assert "| batch | 4096 | off | 2.40 | 2.4% |" in text
     assert "60,000 flop and 200 kB accessed per lane-step" in text
+
+
+def test_accelerator_run_uses_the_accelerator_roofline():
+    # a GPU run (`--accelerator`): the FLOP row and table divide by the device's measured f64
+    # matmul rate and use its copy bandwidth, not the host CPU's
+    res = speed_result()
+    gpu = dict(device_kind="NVIDIA H200", count=1, platform="gpu", peak_flops_f64=5e13,
+               bandwidth=4e12)  # fmt: skip
+    res["machine"] = dict(MACHINE, peak_flops_measured=1e11, dram_bandwidth_measured=3e10,
+                          accelerator=gpu)  # fmt: skip
+    res["flops"] = dict(
+        chunk=4096, flop_per_lane_step=6e4, bytes_per_lane_step=2e5, flop_per_metrics_eval=1e5,
+        bytes_per_metrics_eval=1e5, bare_step_s=1e-8, bare_step_flops=6e12, note="n",
+        solves=[dict(batch=65536, path="batch", with_metrics=True, useful_flops=5e11)],
+    )  # fmt: skip
+    row = next(ln for ln in report.targets_speed(res).splitlines() if "achieved FLOP/s" in ln)
+    assert "roofline 50000.0 GFLOP/s (NVIDIA H200 f64 matmul)" in row
+    assert "bandwidth ceiling is 1200.0 GFLOP/s" in row  # 0.3 flop/byte x 4 TB/s
+    assert "bare Rodas5P step 6000.00 GFLOP/s (12.0%)" in row
+    text = report.render(json.loads(json.dumps(dict(res, started="now", mode="accelerator"))))
+    assert "| batch | 65536 | on | 500.00 | 1.0% |" in text
+    assert "Accelerator: 1 x NVIDIA H200 (gpu), measured 50.0 TFLOP/s" in text
+
+
+def test_accelerator_mode_configuration():
+    from benchmarks import runner, suite
+
+    acc = suite.CONFIGS["accelerator"]
+    # every section it orders exists and none of them is one the runner skips for it
+    assert set(acc.order) <= set(suite.SECTIONS)
+    assert not set(acc.order) & set(runner.ACCELERATOR_SKIP)
+    assert set(acc.order) | set(runner.ACCELERATOR_SKIP) == set(suite.SECTIONS)
+    # the #14 target row needs a set-up row at b = 4096; its smoke test runs the same order
+    assert 4096 in acc.setup_batches and acc.flops_chunk == 4096
+    assert suite.CONFIGS["tiny-accelerator"].order == acc.order
+    assert suite.CONFIGS["tiny-accelerator"].name == "tiny"
