@@ -959,41 +959,58 @@ def _xla_cost(fn, *args) -> dict:
     return dict(flops=float(ca.get("flops", 0.0)), bytes=float(ca.get("bytes accessed", 0.0)))
 
 
+def bare_step(reds, v0s):
+    """(step, y0, data, h): one Rodas5P step of the FT flow on a batch's reduced problems from
+    their initial state, with a step of the size the solver takes early on (vmap it)."""
+    from linfeat._flows import FineTune
+    from linfeat._rodas5p import Rodas5P
+
+    flow = FineTune()
+
+    def step(y, data, h):
+        y1, _, _, _, _ = Rodas5P(flow).step(None, 0.0, h, y, data, flow.field(y, data), False)
+        return y1
+
+    return step, (v0s, reds.A0), reds.flow_data, 1e-3 / jnp.max(reds.sigma2, axis=-1)
+
+
+def bare_step_timer(reds, v0s, reps: int = 64):
+    """A function timing `reps` bare steps in a `fori_loop` (so dispatch is amortised) under
+    `jit(vmap)`, compiled once here: each call returns seconds per lane-step of one run."""
+    step, y0, data, h = bare_step(reds, v0s)
+    loop = jax.jit(
+        jax.vmap(lambda y, d, h: jax.lax.fori_loop(0, reps, lambda i, y: step(y, d, h), y))
+    )
+    jax.block_until_ready(loop(y0, data, h))
+    lanes = v0s.shape[0]
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(loop(y0, data, h))
+        return (time.perf_counter() - t0) / (reps * lanes)
+
+    return once
+
+
 def section_flops(res, cfg: Config):
     """FLOP per lane-step (XLA's cost analysis of one vmapped Rodas5P step of the FT flow on a
     CPU chunk of `small` lanes) and per metrics evaluation, the bare step's measured time, and
     the achieved FLOP/s of the `natural_vs_batch` solves they imply, against the roofline."""
-    from linfeat._flows import FineTune
     from linfeat._metrics import reduced_metrics
-    from linfeat._rodas5p import Rodas5P
 
     # one chunk of `fine_tune_batch`: CPU_LANES, or the accelerator mode's chunk
     b = 8 if cfg.name == "tiny" else cfg.flops_chunk or bt.CPU_LANES
     probs, v0s, _ = small_workload(cfg, b, seed=41)
     reds = jax.jit(jax.vmap(lf.reduce))(probs)
-    data, y0, flow = reds.flow_data, (v0s, reds.A0), FineTune()
-    h = 1e-3 / jnp.max(reds.sigma2, axis=-1)  # a step of the size the solver takes early on
-
-    def step(y, data, h):
-        y1, _, _, _, _ = Rodas5P(flow).step(None, 0.0, h, y, data, flow.field(y, data), False)
-        return y1
+    step, y0, data, h = bare_step(reds, v0s)
 
     def metrics(red, v, A, v0):
         return reduced_metrics(red, v, A, v0)
 
     c_step = _xla_cost(jax.vmap(step), y0, data, h)
     c_met = _xla_cost(jax.vmap(metrics), reds, v0s, reds.A0, v0s)
-    reps = 64  # the bare step in a fori_loop, so dispatch is amortised (profiling/step_breakdown)
-    loop = jax.jit(
-        jax.vmap(lambda y, d, h: jax.lax.fori_loop(0, reps, lambda i, y: step(y, d, h), y))
-    )
-    jax.block_until_ready(loop(y0, data, h))
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        jax.block_until_ready(loop(y0, data, h))
-        best = min(best, time.perf_counter() - t0)
-    step_s = best / (reps * b)
+    timer = bare_step_timer(reds, v0s)
+    step_s = min(timer() for _ in range(3))
     out = res["flops"] = dict(
         chunk=b, flop_per_lane_step=c_step["flops"] / b, bytes_per_lane_step=c_step["bytes"] / b,
         flop_per_metrics_eval=c_met["flops"] / b, bytes_per_metrics_eval=c_met["bytes"] / b,

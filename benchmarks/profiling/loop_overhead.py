@@ -31,6 +31,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 import linfeat as lf
 from benchmarks import suite
+from benchmarks.suite import bare_step_timer
 from linfeat._engine import default_grad_tol, default_times, default_tolerances, stop_event
 from linfeat._flows import FineTune
 from linfeat._rodas5p import Rodas5P
@@ -80,26 +81,6 @@ def compiled(saves, event, t1, adjoint=None):
     return (lambda: jax.block_until_ready(f(reds, v0s, gtol, ts, t1))), np.asarray(steps), t_end
 
 
-def bare_step():
-    data, y0 = reds.flow_data, (v0s, reds.A0)
-    h = 1e-3 / jnp.max(reds.sigma2, axis=-1)
-
-    def step(y, data, h):
-        y1, _, _, _, _ = Rodas5P(flow).step(None, 0.0, h, y, data, flow.field(y, data), False)
-        return y1
-
-    loop = jax.jit(
-        jax.vmap(lambda y, d, h: jax.lax.fori_loop(0, 64, lambda i, y: step(y, d, h), y))
-    )
-    jax.block_until_ready(loop(y0, data, h))
-    best = np.inf
-    for _ in range(3):
-        t = time.perf_counter()
-        jax.block_until_ready(loop(y0, data, h))
-        best = min(best, time.perf_counter() - t)
-    return best / (64 * b) * 1e6
-
-
 # a shared VM's speed drifts by tens of percent within minutes: every variant is compiled
 # first, then timed in interleaved rounds, and each row is its best round
 ROUNDS = 5
@@ -122,6 +103,7 @@ for name, wm in (("fine_tune_batch, no metrics", False), ("fine_tune_batch, metr
         np.asarray(tr.num_steps),
     )
 variants["reduce"] = (lambda: jax.block_until_ready(red_fn(probs)), None)
+step_timer = bare_step_timer(reds, v0s)  # compiled once; timed once per round
 best = dict.fromkeys(variants, np.inf)
 steps_bare = []
 for _ in range(ROUNDS):
@@ -129,7 +111,7 @@ for _ in range(ROUNDS):
         t = time.perf_counter()
         fn()
         best[name] = min(best[name], time.perf_counter() - t)
-    steps_bare.append(bare_step())
+    steps_bare.append(step_timer() * 1e6)
 step = min(steps_bare)
 print(f"b = {b}; best of {ROUNDS} interleaved rounds")
 for name, (_, st) in variants.items():
