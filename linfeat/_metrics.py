@@ -26,6 +26,7 @@ from ._cov import quad_form
 from ._eigh import _safe_sqrt, eigh
 from ._geometry import _procrustes, feature_distance, project_S
 from ._lambda_max import lambda_max
+from ._polar import polar_factor
 from ._reduce import Reduced, error_coefficients, feature_rows
 
 
@@ -186,45 +187,73 @@ def _norm(x) -> Float[Array, ""]:
 _EXPANSION_BELOW = 0.25
 
 
-def frame_feature_distance(H, H_star, gram) -> Float[Array, ""]:
-    r"""$\|B - UB^*\|_2$ with the Procrustes U, for $B = HG^T$, $B^* = H^*G^T$, gram $= G^TG$.
+def _polar_by_eigh(M):
+    """U and s_min(M) from one Jacobi eigensolve of $M^TM$ (the differentiated route)."""
+    k = M.shape[-1]
+    lam, V = eigh(M.T @ M)
+    s = _safe_sqrt(lam)  # rounds to <= 0 for a singular M: s = 0, finite derivative
+    keep = s > k * jnp.finfo(M.dtype).eps * jnp.max(s)
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
+    U = ((M @ V) * inv) @ V.T
+    return U @ (1.5 * jnp.eye(k, dtype=M.dtype) - 0.5 * (U.T @ U)), jnp.min(s)
 
-    One Jacobi eigensolve and one top eigenvalue of k x k matrices (docs/theory.md, section
-    2.4): with $M = BB^{*T}$, $M^TM = V\Lambda V^T$ gives $U = MV\Lambda^{-1/2}V^T$
-    (directions with $s_i \le k\epsilon s_{max}$ dropped) and one Newton-Schulz step
-    $U(3I - U^TU)/2$, which makes U orthogonal to rounding and its derivative exact at
-    repeated singular values. Then
-    $d^2 = \lambda_{max}(S)$, where $S = \Delta G\Delta^T$, $\Delta = H - UH^*$, if
-    $s_{min}(M) > 1/4$, and otherwise the same matrix expanded,
-    $S = BB^T - MU^T - UM^T + U(B^*B^{*T} - I)U^T + I$, which needs no completion of U
-    where M is singular: for $B^*B^{*T} = I$ every orthogonal U with $M = UP$ gives
-    $MU^T + UM^T = 2(MM^T)^{1/2}$, so d does not depend on the choice, and the expansion's
-    rounding ($\sim\epsilon(\|B\|^2 + 1)$) is small against $d^2 \ge 1 - 2s_{min} \ge 1/2$.
-    The direct branch has no cancellation as $d \to 0$, where M is close to orthogonal.
-    $\lambda_{max}$ comes from `linfeat._lambda_max.lambda_max` (Householder tridiagonal form
-    and bisection, 6x cheaper than a Jacobi `eigvalsh` at the same accuracy).
-    (The previous implementation took five eigensolves: a two-pass SVD, a completion and a
-    refinement for the polar factor, then the top eigenvalue; it is the full-space
-    `linfeat.theory.procrustes`, kept as the reference.)
-    """
+
+def _polar_by_newton_schulz(M):
+    r"""U and s_min(M) by Newton-Schulz (`linfeat._polar`, value only); s_min is
+    $\lambda_{min}(U^TM)$ by bisection."""
+    U = polar_factor(M)
+    return U, -lambda_max(-(U.T @ M))
+
+
+def _frame_distance(H, H_star, gram, polar) -> Float[Array, ""]:
     k = H.shape[-2]
     eye = jnp.eye(k, dtype=H.dtype)
     HG = H @ gram
     M = HG @ H_star.T
-    lam, V = eigh(M.T @ M)
-    s = _safe_sqrt(lam)  # rounds to <= 0 for a singular M: s = 0, finite derivative
-    keep = s > k * jnp.finfo(H.dtype).eps * jnp.max(s)
-    inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
-    U = ((M @ V) * inv) @ V.T
-    U = U @ (1.5 * eye - 0.5 * (U.T @ U))
+    U, s_min = polar(M)
     Delta = H - U @ H_star
     direct = Delta @ gram @ Delta.T
     C = H_star @ gram @ H_star.T
     MU = M @ U.T
     expanded = HG @ H.T - MU - MU.T + U @ (C - eye) @ U.T + eye
-    S = jnp.where(jnp.min(s) > _EXPANSION_BELOW, direct, expanded)
+    S = jnp.where(s_min > _EXPANSION_BELOW, direct, expanded)
     top = lambda_max(S)  # Householder + bisection: no Jacobi sweeps (symmetrises S)
     return jnp.sqrt(jnp.maximum(top, 0.0))
+
+
+@jax.custom_jvp
+def frame_feature_distance(H, H_star, gram) -> Float[Array, ""]:
+    r"""$\|B - UB^*\|_2$ with the Procrustes U, for $B = HG^T$, $B^* = H^*G^T$, gram $= G^TG$.
+
+    With $M = BB^{*T}$, U is M's orthogonal polar factor, by Newton-Schulz iteration
+    (`linfeat._polar`: matrix products only, 8-14 steps on well-conditioned M). Then
+    $d^2 = \lambda_{max}(S)$, where $S = \Delta G\Delta^T$, $\Delta = H - UH^*$, if
+    $s_{min}(M) > 1/4$ ($s_{min} = \lambda_{min}(U^TM)$), and otherwise the same matrix
+    expanded, $S = BB^T - MU^T - UM^T + U(B^*B^{*T} - I)U^T + I$, which needs no completion of
+    U where M is singular: for $B^*B^{*T} = I$ every U with $M = UP$ that is orthogonal on M's
+    range (a partial isometry included) gives $MU^T + UM^T = 2(MM^T)^{1/2}$, so d does not
+    depend on the choice, and the expansion's rounding ($\sim\epsilon(\|B\|^2 + 1)$) is small
+    against $d^2 \ge 1 - 2s_{min} \ge 1/2$. The direct branch has no cancellation as
+    $d \to 0$, where M is close to orthogonal. $\lambda_{max}$ and $\lambda_{min}$ come from
+    `linfeat._lambda_max.lambda_max` (Householder tridiagonal form and bisection). See
+    docs/theory.md, section 2.4.
+
+    Derivative (custom JVP): the tangent of the same formula with U from one Jacobi
+    eigensolve, $M^TM = V\Lambda V^T$, $U = MV\Lambda^{-1/2}V^T$ (directions with
+    $s_i \le k\epsilon s_{max}$ dropped) and one Newton-Schulz step $U(3I - U^TU)/2$, which
+    makes U orthogonal to rounding and its derivative exact at repeated singular values;
+    only differentiated programs pay for the eigensolve. (The first implementation took five
+    eigensolves: a two-pass SVD, a completion and a refinement for the polar factor, then
+    the top eigenvalue; it is the full-space `linfeat.theory.procrustes`, kept as the
+    reference.)
+    """
+    return _frame_distance(H, H_star, gram, _polar_by_newton_schulz)
+
+
+@frame_feature_distance.defjvp
+def _frame_feature_distance_jvp(primals, tangents):
+    route = functools.partial(_frame_distance, polar=_polar_by_eigh)
+    return jax.jvp(route, primals, tangents)
 
 
 def reduced_feature_distance(red: Reduced, A) -> Float[Array, ""]:
