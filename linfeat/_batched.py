@@ -172,8 +172,15 @@ def _to_host(tree, rows: int):
     return jax.tree.map(lambda x: np.asarray(x)[:rows], tree)
 
 
-def _concat(parts):
-    return jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *parts)
+def _place(out, part, rows, total: int):
+    """Writes one chunk's host arrays into the batch's arrays (allocated at the first chunk)
+    at `rows` (a slice or index array): one copy per result, no concatenation and no final
+    gather (each was a full pass over fresh memory: 0.6-0.7 s per 155 MB on this 2-core host,
+    a fifth of `fine_tune_batch` with the full outputs)."""
+    if out is None:
+        out = jax.tree.map(lambda x: np.empty((total, *x.shape[1:]), x.dtype), part)
+    jax.tree.map(lambda o, x: o.__setitem__(rows, x), out, part)
+    return out
 
 
 def _progress(it, show: bool, unit: str):
@@ -263,21 +270,18 @@ def fine_tune_batch(
     # Several chunks: solve lanes of similar stiffness together (`lane_order`); every lane's
     # result is the same whatever the other lanes of its chunk.
     order = lane_order(problems.X, spans, size) if len(spans) > 1 and SORT_LANES else None
-    parts = []
+    out = None
     for lo, hi in _progress(spans, progress, "chunks"):
         if order is None:
             chunk = pad_rows(jax.tree.map(lambda x: x[lo:hi], (problems, v0s)), size)
+            rows = slice(lo, hi)
         else:  # the chunk's lanes, padded with copies of its last one, in one gather
             idx = np.concatenate([order[lo:hi], np.repeat(order[hi - 1], size - (hi - lo))])
             chunk = _gather((problems, v0s), idx)
+            rows = order[lo:hi]  # written back to the lanes' own positions
         if mesh is not None:
             chunk = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(AXIS))), chunk)
-        parts.append(_to_host(solve(*chunk, settings), hi - lo))
-    out = _concat(parts)
-    if order is not None:
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(b)
-        out = jax.tree.map(lambda x: x[inverse], out)
+        out = _place(out, _to_host(solve(*chunk, settings), hi - lo), rows, b)
     return out
 
 
@@ -316,18 +320,18 @@ def sweep(
     devices = solver_kwargs.get("devices")
     spans, size = chunks(N, batch_size, 1 if devices is None else batch_mesh(devices).size)
     build = jax.jit(jax.vmap(instance))
-    parts = []
+    out = None
     for lo, hi in _progress(spans, progress, "chunks"):
         path = None
         if checkpoint_dir is not None:
             path = os.path.join(checkpoint_dir, f"chunk_{lo:09d}.npz")
             if os.path.exists(path):
-                parts.append(load_trajectory(path))
+                out = _place(out, load_trajectory(path), slice(lo, hi), N)
                 continue
         problems, v0s = build(pad_rows(jax.tree.map(lambda x: x[lo:hi], params), size))
         tr = fine_tune_batch(problems, v0s, outputs=outputs, **solver_kwargs)
         tr = jax.tree.map(lambda x: x[: hi - lo], tr)
         if path is not None:
             save_trajectory(path, tr)
-        parts.append(tr)
-    return _concat(parts)
+        out = _place(out, tr, slice(lo, hi), N)
+    return out

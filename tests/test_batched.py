@@ -89,6 +89,24 @@ def test_chunked_equals_unchunked(batch, solved):
         np.testing.assert_allclose(a, b, atol=1e-8)
 
 
+def test_sorted_chunks_come_back_in_lane_order(batch):
+    # several chunks: lanes are solved in `lane_order` and written back to their own rows
+    probs, v0s = batch
+    spans, size = bt.chunks(B, 4, 1)
+    assert not np.array_equal(bt.lane_order(probs.X, spans, size), np.arange(B))
+    kw = dict(batch_size=4, with_metrics=False, outputs="metrics")
+    tr = bt.fine_tune_batch(probs, v0s, **kw)
+    np.testing.assert_array_equal(tr.v0, np.asarray(v0s))
+    # the same lanes given in another order come back in that order (one compiled chunk
+    # shape; a lane's result does not depend on the other lanes of its chunk, and lanes
+    # differ from each other by O(1), so a misplaced lane fails)
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    back = bt.fine_tune_batch(jax.tree.map(lambda x: x[perm], probs), v0s[perm], **kw)
+    np.testing.assert_array_equal(back.status, tr.status[perm])
+    np.testing.assert_allclose(back.v_final, tr.v_final[perm], atol=1e-12)
+    np.testing.assert_allclose(back.A_final, tr.A_final[perm], atol=1e-12)
+
+
 @pytest.mark.slow  # LP-FT and LP flows: tests/test_flow.py (the batch path is their vmap)
 def test_lp_ft_and_lp(batch):
     probs, v0s = batch
