@@ -14,9 +14,10 @@ as the accuracy reference:
   2.6 against 16.8 us per matrix, same error);
 - the polar factor by Newton-Schulz, X <- X (3I - X^T X) / 2 from X = M / |M|_F (a fixed
   number of iterations; it converges for singular values in (0, sqrt 3), and takes about
-  log_1.5(|M|_F / s_min) + 5 iterations). Not adopted: only its forward value and cost are
-  measured here; a library version needs its derivative, the singular-M branch and a
-  batch-level fallback for ill-conditioned M. Run:
+  log_1.5(|M|_F / s_min) + 5 iterations). Only its forward value and cost are measured here;
+  the library's version (`linfeat._polar`, adopted on this measurement) scales by
+  |(M^T M)^2|_F^(1/4), stops on the size of a step, and differentiates through the
+  eigensolve route (`linfeat._metrics.frame_feature_distance`). Run:
 `PYTHONPATH=. python benchmarks/profiling/distance_routes.py [b]` (default 256).
 """
 
