@@ -276,8 +276,10 @@ def render(res: dict) -> str:
                        f"{r['traj_per_s']:.1f} | {r['compile_s']:.1f} | {r['steps_mean']:.0f} / {r['steps_max']} | "
                        f"{r['converged']:.1%} |" for r in methods])  # fmt: skip
     if res.get("setup"):
+        solve_timing = " / ".join(sorted({r.get("solve_timing", "first call minus JAX-reported compile")
+                                          for r in res["setup"]}))  # fmt: skip
         out += ["From keys to per-lane metrics (`jax.jit(jax.vmap(lf.make_problem))`, then `fine_tune_batch` "
-                "with metrics; set-up second call, solve = first call minus JAX-reported compile):", ""]  # fmt: skip
+                f"with metrics; set-up: second call; solve: {solve_timing}):", ""]  # fmt: skip
         out += _table("basis | batch | d | k | m | n | columns | set-up ms / problem | solve s | steps mean | converged | end to end traj/s", "lrrrrrrrrrrr",
                       [f"| {r['basis']} | {r['batch']} | {r['d']} | {r['k']} | {r['m']} | {r['n']} | {r['columns']} | "
                        f"{r['setup_per_problem_ms']:.2f} | {r['solve_s']:.2f} | {r['steps_mean']:.0f} | {r['converged']:.1%} | "
