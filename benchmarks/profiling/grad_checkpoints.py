@@ -17,32 +17,17 @@ import jax
 import jax.numpy as jnp
 
 jax.config.update("jax_enable_x64", True)
-import linfeat as lf
+from grad_cost import make_loss  # this folder is on sys.path when the script runs
 
 b = 256
-K = 10
-shape = dict(d=200, k=K, m=20, n=20)
-keys = jax.random.split(jax.random.key(31), b)
-v0s = jax.random.normal(jax.random.key(32), (b, K))
-
-
-def make_loss(adjoint):
-    def loss(eps):
-        def one(kk, v):
-            p = lf.make_problem(kk, **shape, feature_error=eps)
-            return lf.fine_tune(p, v, check=False, adjoint=adjoint).final_metrics.ood_error
-
-        return jnp.mean(jax.vmap(one)(keys, v0s))
-
-    return loss
 
 
 x = jnp.asarray(0.3)
-f = jax.jit(make_loss(None))
+f = jax.jit(make_loss(None, b)[0])
 jax.block_until_ready(f(x))
 for c in [int(a) for a in sys.argv[1:]]:
     adj = diffrax.RecursiveCheckpointAdjoint(checkpoints=c if c > 0 else None)
-    loss = make_loss(adj)
+    loss = make_loss(adj, b)[0]
     vf = jax.jit(lambda x: jax.vjp(loss, x))
     pbf = jax.jit(lambda pb: pb(jnp.ones(())))
     vg = jax.jit(jax.value_and_grad(loss))

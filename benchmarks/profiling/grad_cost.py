@@ -32,15 +32,16 @@ jax.config.update("jax_enable_x64", True)
 import linfeat as lf
 from benchmarks import suite
 
-b = int(sys.argv[1]) if len(sys.argv) > 1 else 256
 REPS = 5
 K = suite.K
 shape = dict(d=200, k=K, m=20, n=20)
-keys = jax.random.split(jax.random.key(31), b)
-v0s = jax.random.normal(jax.random.key(32), (b, K))
 
 
-def make_loss(adjoint):
+def make_loss(adjoint, b: int):
+    """The row's loss on b lanes (keys and heads as in the benchmark), FT with `adjoint`."""
+    keys = jax.random.split(jax.random.key(31), b)
+    v0s = jax.random.normal(jax.random.key(32), (b, K))
+
     def loss(eps):
         def one(kk, v):
             p = lf.make_problem(kk, **shape, feature_error=eps)
@@ -48,108 +49,109 @@ def make_loss(adjoint):
 
         return jnp.mean(jax.vmap(one)(keys, v0s))
 
-    return loss
+    return loss, keys, v0s
 
 
-loss = make_loss(None)
-loss_fwd = make_loss(diffrax.ForwardMode())
-x = jnp.asarray(0.3)
+def main():
+    b = int(sys.argv[1]) if len(sys.argv) > 1 else 256
+    loss, keys, v0s = make_loss(None, b)
+    loss_fwd, _, _ = make_loss(diffrax.ForwardMode(), b)
+    x = jnp.asarray(0.3)
 
-forward = jax.jit(loss)
-value_and_grad = jax.jit(jax.value_and_grad(loss))
-vjp_forward = jax.jit(lambda x: jax.vjp(loss, x))
-pullback = jax.jit(lambda pb: pb(jnp.ones(())))
-jvp = jax.jit(lambda x: jax.jvp(loss_fwd, (x,), (jnp.ones(()),)))
+    forward = jax.jit(loss)
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    vjp_forward = jax.jit(lambda x: jax.vjp(loss, x))
+    pullback = jax.jit(lambda pb: pb(jnp.ones(())))
+    jvp = jax.jit(lambda x: jax.jvp(loss_fwd, (x,), (jnp.ones(()),)))
 
-out = sys.argv[2] if len(sys.argv) > 2 else None
-record = dict(b=b, backend=jax.default_backend(), jax=jax.__version__, rows=[])
+    out = sys.argv[2] if len(sys.argv) > 2 else None
+    record = dict(b=b, backend=jax.default_backend(), jax=jax.__version__, rows=[])
 
+    def save():
+        if out:
+            with open(out, "w") as f:
+                json.dump(record, f, indent=1)
 
-def save():
-    if out:
-        with open(out, "w") as f:
-            json.dump(record, f, indent=1)
+    steps = jax.jit(
+        jax.vmap(
+            lambda kk, v: (
+                lf.fine_tune(
+                    lf.make_problem(kk, **shape, feature_error=x), v, check=False
+                ).num_steps
+            )
+        )  # fmt: skip
+    )(keys, v0s)
+    record.update(steps_mean=float(jnp.mean(steps)), steps_max=int(jnp.max(steps)))
+    print(f"b = {b} on {jax.default_backend()}: mean / max accepted + rejected steps "
+          f"{record['steps_mean']:.0f} / {record['steps_max']}", flush=True)  # fmt: skip
 
-
-steps = jax.jit(
-    jax.vmap(
-        lambda kk, v: (
-            lf.fine_tune(lf.make_problem(kk, **shape, feature_error=x), v, check=False).num_steps
-        )
-    )  # fmt: skip
-)(keys, v0s)
-record.update(steps_mean=float(jnp.mean(steps)), steps_max=int(jnp.max(steps)))
-print(f"b = {b} on {jax.default_backend()}: mean / max accepted + rejected steps "
-      f"{record['steps_mean']:.0f} / {record['steps_max']}", flush=True)  # fmt: skip
-
-
-def measure(name, fn, *args):
-    """Compile (first call), then the median of REPS calls; prints and records the row."""
-    t = time.perf_counter()
-    res = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t
-    ts = []
-    for _ in range(REPS):
-        del res
+    def measure(name, fn, *args):
+        """Compile (first call), then the median of REPS calls; prints and records the row."""
         t = time.perf_counter()
         res = jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t)
-    row = dict(name=name, run_s=statistics.median(ts), first_call_s=first)
-    fwd = record["rows"][0]["run_s"] if record["rows"] else row["run_s"]
-    row["x_forward"] = row["run_s"] / fwd
-    record["rows"].append(row)
+        first = time.perf_counter() - t
+        ts = []
+        for _ in range(REPS):
+            del res
+            t = time.perf_counter()
+            res = jax.block_until_ready(fn(*args))
+            ts.append(time.perf_counter() - t)
+        row = dict(name=name, run_s=statistics.median(ts), first_call_s=first)
+        fwd = record["rows"][0]["run_s"] if record["rows"] else row["run_s"]
+        row["x_forward"] = row["run_s"] / fwd
+        record["rows"].append(row)
+        save()
+        print(f"  {name:26s} {row['run_s']:8.4f} s  {row['x_forward']:5.2f}x forward  "
+              f"(first call {first:.1f} s)", flush=True)  # fmt: skip
+        return res
+
+    # In the order a short lease should get them: the cheap compiles first.
+    val0 = measure("forward", forward, x)
+    val3, g3 = measure("jvp (ForwardMode)", jvp, x)
+    val1, g1 = measure("value_and_grad (reverse)", value_and_grad, x)
+    val2, pb = measure("vjp forward half", vjp_forward, x)
+    (g2,) = measure("vjp pullback half", pullback, pb)
+    del pb
+    record.update(value=float(val0), grad_reverse=float(g1), grad_forward_mode=float(g3),
+                  rel_diff=abs(float(g3 - g1)) / abs(float(g1)))  # fmt: skip
     save()
-    print(f"  {name:26s} {row['run_s']:8.4f} s  {row['x_forward']:5.2f}x forward  "
-          f"(first call {first:.1f} s)", flush=True)  # fmt: skip
-    return res
+    print(f"values agree: {float(val0):.12g} {float(val1):.12g} {float(val2):.12g} "
+          f"{float(val3):.12g}; derivative reverse {float(g1):.12g}, halves {float(g2):.12g}, "
+          f"forward mode {float(g3):.12g} (rel diff {record['rel_diff']:.1e})",
+          flush=True)  # fmt: skip
 
+    # ---- one bare step, its JVP and its VJP, per lane
+    N = 64
+    probs, v0b = suite.make_batch(b, d=200, m=20, n=20)
+    reds = jax.jit(jax.vmap(lf.reduce))(probs)
+    step, y0, data, h = suite.bare_step(reds, v0b)
 
-# In the order a short lease should get them: the cheap compiles first.
-val0 = measure("forward", forward, x)
-val3, g3 = measure("jvp (ForwardMode)", jvp, x)
-val1, g1 = measure("value_and_grad (reverse)", value_and_grad, x)
-val2, pb = measure("vjp forward half", vjp_forward, x)
-(g2,) = measure("vjp pullback half", pullback, pb)
-del pb
-record.update(value=float(val0), grad_reverse=float(g1), grad_forward_mode=float(g3),
-              rel_diff=abs(float(g3 - g1)) / abs(float(g1)))  # fmt: skip
-save()
-print(f"values agree: {float(val0):.12g} {float(val1):.12g} {float(val2):.12g} "
-      f"{float(val3):.12g}; derivative reverse {float(g1):.12g}, halves {float(g2):.12g}, "
-      f"forward mode {float(g3):.12g} (rel diff {record['rel_diff']:.1e})",
-      flush=True)  # fmt: skip
+    def step_jvp(y, d, h):
+        _, ty = jax.jvp(lambda y: step(y, d, h), (y,), (y,))
+        return jax.tree.map(lambda a, t: a + 1e-12 * t, y, ty)
 
-# ---- one bare step, its JVP and its VJP, per lane
-N = 64
-probs, v0b = suite.make_batch(b, d=200, m=20, n=20)
-reds = jax.jit(jax.vmap(lf.reduce))(probs)
-step, y0, data, h = suite.bare_step(reds, v0b)
+    def step_vjp(y, d, h):
+        _, pull = jax.vjp(lambda y, d: step(y, d, h), y, d)
+        gy, _ = pull(y)
+        return jax.tree.map(lambda a, g: a + 1e-12 * g, y, gy)
 
-
-def step_jvp(y, d, h):
-    _, ty = jax.jvp(lambda y: step(y, d, h), (y,), (y,))
-    return jax.tree.map(lambda a, t: a + 1e-12 * t, y, ty)
-
-
-def step_vjp(y, d, h):
-    _, pull = jax.vjp(lambda y, d: step(y, d, h), y, d)
-    gy, _ = pull(y)
-    return jax.tree.map(lambda a, g: a + 1e-12 * g, y, gy)
-
-
-print()
-per = {}
-record["per_lane_step_us"] = per
-for name, body in (("bare step", step), ("step + JVP", step_jvp), ("step + VJP", step_vjp)):
-    f = jax.jit(jax.vmap(lambda y, d, h, body=body: jax.lax.fori_loop(
-        0, N, lambda i, y: body(y, d, h), y)))  # fmt: skip
-    jax.block_until_ready(f(y0, data, h))
-    ts = []
-    for _ in range(REPS):
-        t = time.perf_counter()
+    print()
+    per = {}
+    record["per_lane_step_us"] = per
+    for name, body in (("bare step", step), ("step + JVP", step_jvp), ("step + VJP", step_vjp)):
+        f = jax.jit(jax.vmap(lambda y, d, h, body=body: jax.lax.fori_loop(
+            0, N, lambda i, y: body(y, d, h), y)))  # fmt: skip
         jax.block_until_ready(f(y0, data, h))
-        ts.append(time.perf_counter() - t)
-    per[name] = statistics.median(ts) / N / b * 1e6
-    print(f"  {name:12s} {per[name]:7.2f} us per lane-step  "
-          f"{per[name] / per.get('bare step', per[name]):4.2f}x bare", flush=True)  # fmt: skip
-    save()
+        ts = []
+        for _ in range(REPS):
+            t = time.perf_counter()
+            jax.block_until_ready(f(y0, data, h))
+            ts.append(time.perf_counter() - t)
+        per[name] = statistics.median(ts) / N / b * 1e6
+        print(f"  {name:12s} {per[name]:7.2f} us per lane-step  "
+              f"{per[name] / per.get('bare step', per[name]):4.2f}x bare", flush=True)  # fmt: skip
+        save()
+
+
+if __name__ == "__main__":
+    main()
