@@ -2,13 +2,15 @@
 # The run behind BENCHMARKS.md's GPU section: `python -m benchmarks --accelerator` on a GPU
 # host, from the repository root, using the host's own JAX (with its CUDA plugin).
 #
-#   bash benchmarks/gpu_run.sh [OUT_DIR] [SECONDS]
+#   bash benchmarks/gpu_run.sh [OUT_DIR] [SECONDS] [RUNNER ARGS...]
 #
 # OUT_DIR (default benchmarks/partial_runs) receives results_gpu.json and gpu.log; SECONDS
 # (default 540) bounds the benchmark: it is then interrupted, and the rows finished so far are
 # in the JSON (the suite writes it after every row of its long sections). If linfeat does not
 # run on the host's diffrax / equinox, pure-Python wheels of the versions pyproject.toml names,
-# placed in .whl/, are installed into /tmp/site and used instead.
+# placed in .whl/, are installed into /tmp/site and used instead. RUNNER ARGS go to the runner
+# after --accelerator, e.g. `--skip setup,natural_vs_batch,flops` for a lease that should
+# measure the gradient and accuracy rows first (a 500 s run on an H200 ended in `grad`).
 set -uo pipefail
 out=${1:-benchmarks/partial_runs}
 limit=${2:-540}
@@ -40,6 +42,6 @@ if ! smoke; then
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
     smoke || exit 3
 fi
-timeout -s INT "$limit" "$PY" -m benchmarks --accelerator --out "$out/results_gpu.json" 2>&1 \
+timeout -s INT "$limit" "$PY" -m benchmarks --accelerator --out "$out/results_gpu.json" "${@:3}" 2>&1 \
     | tee "$out/gpu.log"
 echo "benchmark exit status ${PIPESTATUS[0]}"
