@@ -974,12 +974,37 @@ def bare_step(reds, v0s):
     return step, (v0s, reds.A0), reds.flow_data, 1e-3 / jnp.max(reds.sigma2, axis=-1)
 
 
-def bare_step_timer(reds, v0s, reps: int = 64):
+def step_tangent(step):
+    """(y, d, h) -> the JVP of one `bare_step` step at y in the direction y."""
+    return lambda y, d, h: jax.jvp(lambda y: step(y, d, h), (y,), (y,))[1]
+
+
+def step_cotangent(step):
+    """(y, d, h) -> the VJP of one `bare_step` step at y with cotangent y (the state's part)."""
+
+    def vjp(y, d, h):
+        _, pull = jax.vjp(lambda y: step(y, d, h), y)
+        return pull(y)[0]
+
+    return vjp
+
+
+def bare_step_timer(reds, v0s, reps: int = 64, derivative=None):
     """A function timing `reps` bare steps in a `fori_loop` (so dispatch is amortised) under
-    `jit(vmap)`, compiled once here: each call returns seconds per lane-step of one run."""
+    `jit(vmap)`, compiled once here: each call returns seconds per lane-step of one run.
+    With `derivative` (`step_tangent` or `step_cotangent`: step -> (y, d, h) -> a tree like
+    y), each iteration also computes it and nudges the state by 1e-12 times it, so the loop
+    carries the derivative's cost."""
     step, y0, data, h = bare_step(reds, v0s)
+    body = step
+    if derivative is not None:
+        deriv = derivative(step)
+
+        def body(y, d, h):
+            return jax.tree.map(lambda a, t: a + 1e-12 * t, y, deriv(y, d, h))
+
     loop = jax.jit(
-        jax.vmap(lambda y, d, h: jax.lax.fori_loop(0, reps, lambda i, y: step(y, d, h), y))
+        jax.vmap(lambda y, d, h: jax.lax.fori_loop(0, reps, lambda i, y: body(y, d, h), y))
     )
     jax.block_until_ready(loop(y0, data, h))
     lanes = v0s.shape[0]

@@ -50,18 +50,20 @@ def results():
     "rid", ["T1", "T2", "T3"] + [f"R{i}" for i in range(1, 13)] + ["M3", "M4", "M7"]
 )
 def test_rigorous_checks_pass(results, rid):
-    r = results[rid]
+    _assert_passes(results[rid])
+
+
+def _assert_passes(r):
     assert r.verdict == "PASS", [(s.name, s.violations, s.nonconverged) for s in r.subs]
     # every rigorous row saw instances
-    assert all(s.n > 0 for s in r.subs if s.kind == C.RIGOROUS)
+    assert all(s.n > 0 for s in r.subs if s.kind == C.RIGOROUS), r.id
 
 
 @pytest.mark.slow  # ~25 s on 2 cores: the WiSE-FT and L2-SP flows compiled (see PAPER_IDS)
 def test_wise_ft_and_l2_sp_checks_pass():
     res = {r.id: r for r in C.run_checks(TINY, seed=0, only=["M1", "M2"], progress=False)}
     for rid in ("M1", "M2"):
-        assert res[rid].verdict == "PASS", [(s.name, s.violations) for s in res[rid].subs]
-        assert all(s.n > 0 for s in res[rid].subs if s.kind == C.RIGOROUS), rid
+        _assert_passes(res[rid])
 
 
 def test_trajectory_checks_compare_moving_flows(results):

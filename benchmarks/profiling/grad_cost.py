@@ -15,8 +15,9 @@ first:
   (each step re-run from its checkpoint, then its VJP, in reverse order);
 - value + derivative in forward mode: `jax.jvp` with `adjoint=diffrax.ForwardMode()` (one
   tangent, carried alongside each step; for a few knobs this is the gradient);
-- one bare Rodas5P step of FT per lane (64 in a `fori_loop` under `jit(vmap)`), its JVP and
-  its VJP (what each mode adds per step, outside diffrax's loop).
+- one bare Rodas5P step of FT per lane (64 in a `fori_loop` under `jit(vmap)`,
+  `benchmarks.suite.bare_step_timer`), with its JVP and with its VJP (what each mode adds per
+  step, outside diffrax's loop).
 """
 
 import json
@@ -121,33 +122,15 @@ def main():
           flush=True)  # fmt: skip
 
     # ---- one bare step, its JVP and its VJP, per lane
-    N = 64
     probs, v0b = suite.make_batch(b, d=200, m=20, n=20)
     reds = jax.jit(jax.vmap(lf.reduce))(probs)
-    step, y0, data, h = suite.bare_step(reds, v0b)
-
-    def step_jvp(y, d, h):
-        _, ty = jax.jvp(lambda y: step(y, d, h), (y,), (y,))
-        return jax.tree.map(lambda a, t: a + 1e-12 * t, y, ty)
-
-    def step_vjp(y, d, h):
-        _, pull = jax.vjp(lambda y, d: step(y, d, h), y, d)
-        gy, _ = pull(y)
-        return jax.tree.map(lambda a, g: a + 1e-12 * g, y, gy)
-
     print()
     per = {}
     record["per_lane_step_us"] = per
-    for name, body in (("bare step", step), ("step + JVP", step_jvp), ("step + VJP", step_vjp)):
-        f = jax.jit(jax.vmap(lambda y, d, h, body=body: jax.lax.fori_loop(
-            0, N, lambda i, y: body(y, d, h), y)))  # fmt: skip
-        jax.block_until_ready(f(y0, data, h))
-        ts = []
-        for _ in range(REPS):
-            t = time.perf_counter()
-            jax.block_until_ready(f(y0, data, h))
-            ts.append(time.perf_counter() - t)
-        per[name] = statistics.median(ts) / N / b * 1e6
+    for name, derivative in (("bare step", None), ("step + JVP", suite.step_tangent),
+                             ("step + VJP", suite.step_cotangent)):  # fmt: skip
+        once = suite.bare_step_timer(reds, v0b, derivative=derivative)  # compiles
+        per[name] = statistics.median(once() for _ in range(REPS)) * 1e6
         print(f"  {name:12s} {per[name]:7.2f} us per lane-step  "
               f"{per[name] / per.get('bare step', per[name]):4.2f}x bare", flush=True)  # fmt: skip
         save()

@@ -11,14 +11,13 @@ Usage: `PYTHONPATH=. python benchmarks/profiling/step_derivative.py MODE [b]`, M
 - `noclip`: no clipping of the stage increments at all (`_clip` the identity: NOT safe, the
   clip keeps a rejected step's NaN/inf out of the state; this measures what it costs).
 b (default 256) `small` lanes at their initial state, 64 steps in a `fori_loop` under
-`jit(vmap)`, median of 7 calls; the tangent is taken in the direction of the state itself.
+`jit(vmap)` (`benchmarks.suite.bare_step_timer`), median of 7 calls; the tangent is taken in the direction of the state itself.
 Each mode also prints the relative difference of its step JVP and VJP from the library's
 (computed in the same process). Behind BENCHMARKS.md's value + grad item.
 """
 
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,25 +30,15 @@ from benchmarks import suite
 
 mode = sys.argv[1]
 b = int(sys.argv[2]) if len(sys.argv) > 2 else 256
-N = 64
 probs, v0b = suite.make_batch(b, d=200, m=20, n=20)
 reds = jax.jit(jax.vmap(lf.reduce))(probs)
-step, y0, data, h = suite.bare_step(reds, v0b)
-
-
-def step_jvp(y, d, h):
-    _, ty = jax.jvp(lambda y: step(y, d, h), (y,), (y,))
-    return ty
-
-
-def step_vjp(y, d, h):
-    _, pull = jax.vjp(lambda y: step(y, d, h), y)
-    (gy,) = pull(y)
-    return gy
 
 
 def derivatives():
-    return jax.jit(jax.vmap(lambda y, d, h: (step_jvp(y, d, h), step_vjp(y, d, h))))(y0, data, h)
+    """The step's JVP and VJP on every lane, traced now (after any swap)."""
+    step, y0, data, h = suite.bare_step(reds, v0b)
+    both = lambda y, d, h: (suite.step_tangent(step)(y, d, h), suite.step_cotangent(step)(y, d, h))  # noqa: E731
+    return jax.jit(jax.vmap(both))(y0, data, h)
 
 
 reference = derivatives()  # the library's step, before any swap
@@ -81,27 +70,9 @@ diff = max(
     for a, r in zip(jax.tree.leaves(swapped), jax.tree.leaves(reference))
 )
 
-
-def nudge(fn):
-    def body(y, d, h):
-        t = fn(y, d, h)
-        return jax.tree.map(lambda a, x: a + 1e-12 * x, y, t)
-
-    return body
-
-
-for name, body in (
-    ("step", step),
-    ("step + JVP", nudge(step_jvp)),
-    ("step + VJP", nudge(step_vjp)),
-):
-    f = jax.jit(jax.vmap(lambda y, d, h, body=body: jax.lax.fori_loop(0, N, lambda i, y: body(y, d, h), y)))  # fmt: skip
-    jax.block_until_ready(f(y0, data, h))
-    ts = []
-    for _ in range(7):
-        t = time.perf_counter()
-        jax.block_until_ready(f(y0, data, h))
-        ts.append(time.perf_counter() - t)
-    print(f"{mode:8s} b={b} {name:11s} {statistics.median(ts) / N / b * 1e6:7.2f} us per lane-step",
-          flush=True)  # fmt: skip
+for name, derivative in (("step", None), ("step + JVP", suite.step_tangent),
+                         ("step + VJP", suite.step_cotangent)):  # fmt: skip
+    once = suite.bare_step_timer(reds, v0b, derivative=derivative)  # compiles, after any swap
+    us = statistics.median(once() for _ in range(7)) * 1e6
+    print(f"{mode:8s} b={b} {name:11s} {us:7.2f} us per lane-step", flush=True)
 print(f"{mode:8s} derivatives' max relative difference from the library's step: {diff:.1e}")
